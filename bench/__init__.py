@@ -1,0 +1,3 @@
+"""peftbench: a benchmark harness for parameter-efficient fine-tuning of vision Transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,180 @@
+"""The engine: one run spec in, one run record's metrics out.
+
+Train with the method's optimizer (SGD or AdamW, warmup + cosine per step), evaluate top-1 on
+the stage's eval split after the last epoch (never a best epoch), and measure the costs.
+Training keeps loss and accuracy sums on the device, so a step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .backbones import create_backbone
+from .data import ImageDataset, build_transforms, check_labels, read_split
+from .measure import PeakMemory, forward_gflops
+from .model import PeftModel, warmup_cosine
+from .registry import get_method
+from .store import RunSpec
+from .suite import Suite
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EngineOptions:
+    device: torch.device
+    workers: int = 0
+    progress: Any = None  # a rich.progress.Progress, or None for silence
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def build_model(spec: RunSpec, num_classes: int) -> tuple[PeftModel, tuple, tuple]:
+    backbone = create_backbone(spec.backbone, spec.checkpoint, img_size=spec.image_size)
+    model = get_method(spec.method).build(backbone.model, num_classes, dict(spec.hparams))
+    return model, backbone.mean, backbone.std
+
+
+def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimizer:
+    lr = hp["lr"] * (hp["batch_size"] / hp["lr_batch_base"] if hp["lr_batch_base"] else 1.0)
+    groups = model.param_groups(hp["weight_decay"])
+    if hp["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=hp["momentum"])
+    if hp["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {hp['optimizer']!r}; use sgd or adamw")
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None, workers: int):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      num_workers=workers, persistent_workers=workers > 0, drop_last=False)
+
+
+def _progress_task(progress, description: str, total: int):
+    if progress is None:
+        return None
+    return progress.add_task(description, total=total)
+
+
+def _advance(progress, task_id, n: int = 1) -> None:
+    if progress is not None:
+        progress.update(task_id, advance=n)
+
+
+def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str, Any]:
+    """Train and evaluate one spec; returns the record's `metrics`, `curve` and `method_metrics`."""
+    hp = spec.hparams
+    task = suite.task(spec.task)
+    train_split, eval_split = suite.splits[spec.stage]
+    device = opts.device
+    gen = seed_everything(spec.seed)
+
+    train_items = read_split(suite, task, data_root, train_split)
+    eval_items = read_split(suite, task, data_root, eval_split)
+    for s in (train_items, eval_items):
+        check_labels(s, task.num_classes)
+
+    model, mean, std = build_model(spec, task.num_classes)
+    model.to(device)
+    counts = model.param_counts()
+    gflops = forward_gflops(model, spec.image_size, device)
+
+    train_set = ImageDataset(train_items.items, build_transforms(suite, mean, std, train=True), cache=True)
+    eval_set = ImageDataset(eval_items.items, build_transforms(suite, mean, std, train=False))
+    train_loader = _loader(train_set, hp["batch_size"], True, gen, opts.workers)
+    eval_loader = _loader(eval_set, hp["eval_batch_size"], False, None, opts.workers)
+
+    optimizer = make_optimizer(model, hp)
+    steps_per_epoch = len(train_loader)
+    total_steps = hp["epochs"] * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, hp["warmup_epochs"] * steps_per_epoch, total_steps))
+
+    label = f"{spec.method} · {spec.task} · seed {spec.seed}"
+    bar = _progress_task(opts.progress, f"train {label}", total_steps)
+    curve = []
+    train_seconds = 0.0
+    train_images = 0
+    with PeakMemory(device) as peak:
+        for epoch in range(hp["epochs"]):
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for x, y in train_loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                reg = model.regularization()
+                if reg is not None:
+                    loss = loss + reg
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                _advance(opts.progress, bar)
+            model.on_epoch_end(epoch, hp["epochs"])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            train_images += seen
+            mean_loss = (loss_sum / max(seen, 1)).item()
+            if not np.isfinite(mean_loss):
+                raise DivergedError(f"training loss became {mean_loss} in epoch {epoch + 1} "
+                                    f"(lr {hp['lr']}, batch {hp['batch_size']}); lower the lr")
+            curve.append({"epoch": epoch + 1, "train_loss": mean_loss,
+                          "train_acc": 100.0 * correct.item() / max(seen, 1),
+                          "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+
+        if opts.progress is not None:
+            opts.progress.remove_task(bar)
+        ebar = _progress_task(opts.progress, f"eval  {label}", len(eval_loader))
+        model.eval()
+        t0 = time.perf_counter()
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        with torch.inference_mode():
+            for x, y in eval_loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                correct += (model(x).argmax(1) == y).sum()
+                _advance(opts.progress, ebar)
+        top1 = 100.0 * correct.item() / len(eval_set)
+        eval_seconds = time.perf_counter() - t0
+        if opts.progress is not None:
+            opts.progress.remove_task(ebar)
+
+    metrics = {
+        "top1": top1,
+        "eval_split": eval_split,
+        "train_split": train_split,
+        "n_train": len(train_set),
+        "n_eval": len(eval_set),
+        **counts,
+        "peak_memory_mib": peak.mib,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "train_throughput": train_images / train_seconds if train_seconds else None,
+        "inference_throughput": len(eval_set) / eval_seconds if eval_seconds else None,
+        "gflops_per_image": gflops,
+        "final_train_loss": curve[-1]["train_loss"] if curve else None,
+    }
+    return {"metrics": metrics, "curve": curve, "method_metrics": model.run_metrics()}

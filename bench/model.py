@@ -1,0 +1,100 @@
+"""The model a method returns: a (partly) frozen backbone, the method's own modules, a head.
+
+Methods subclass `PeftModel` and override `features`; the engine only ever calls `forward`,
+`train`, `param_counts`, `trainable_state_dict` and the optional hooks below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def make_head(embed_dim: int, num_classes: int) -> nn.Linear:
+    """Linear(D, C) with VPT's initialisation (kaiming-normal, fan-out; zero bias)."""
+    head = nn.Linear(embed_dim, num_classes)
+    nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class PeftModel(nn.Module):
+    """backbone -> method features -> head.
+
+    `frozen_backbone=True` keeps the backbone in eval mode even while the model trains, as the
+    papers do: a frozen network's dropout and stochastic depth stay off.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, frozen_backbone: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.frozen_backbone = frozen_backbone
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # timm with num_classes=0: the pooled, normed pre-logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def train(self, mode: bool = True) -> "PeftModel":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def param_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        return {"trainable_params": trainable, "trainable_params_no_head": trainable - head,
+                "total_params": sum(p.numel() for p in self.parameters())}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what the method trains: all a checkpoint of this run needs beside the backbone."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = self.load_state_dict(state, strict=False)
+        if missing.unexpected_keys:
+            raise KeyError(f"unexpected keys in trainable state: {missing.unexpected_keys}")
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on matrices and embeddings, none on 1-D parameters (biases, norms)."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    # Optional hooks; methods override what they need.
+    def regularization(self) -> torch.Tensor | None:
+        """An extra loss term added to the task loss at every step (e.g. LION's pruning pull)."""
+        return None
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called after each training epoch (0-based) with the total number of epochs."""
+
+    def run_metrics(self) -> dict[str, float]:
+        """Method-specific figures for the run record (e.g. solver iterations)."""
+        return {}
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warmup from ~0 to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,192 @@
+"""Suites: declarative TOML files (suites/*.toml, or any path) validated into `Suite` objects.
+
+A suite names its data format, image size, backbone, default seeds, the splits of each protocol
+stage, per-suite and per-task hyperparameter overrides, and its tasks. Anything unexpected in a
+file is an error that names the file and the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .errors import UserError
+
+FORMATS = ("vtab1k-folder", "fgvc-json", "demo")
+TRANSFORMS = ("resize", "crop-flip")
+STAGES = ("tune", "final")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    group: str
+    num_classes: int
+    aliases: tuple[str, ...] = ()
+    folder: str = ""
+    image_dir: str = ""
+    hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def folder_name(self) -> str:
+        return self.folder or self.name
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    format: str
+    image_size: int
+    backbone: str
+    seeds: tuple[int, ...]
+    groups: tuple[str, ...]
+    splits: dict[str, tuple[str, str]]
+    tasks: tuple[Task, ...]
+    transform: str = "resize"
+    hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    path: str = ""
+
+    def task(self, name: str) -> Task:
+        key = name.lower()
+        for t in self.tasks:
+            if key == t.name.lower() or key in (a.lower() for a in t.aliases):
+                return t
+        raise UserError(f"unknown task {name!r} in suite {self.name!r}; valid tasks: "
+                        f"{', '.join(t.name for t in self.tasks)} (aliases are accepted too)")
+
+    def select_tasks(self, names: list[str] | None) -> list[Task]:
+        if not names:
+            return list(self.tasks)
+        return [self.task(n) for n in names]
+
+
+# key -> (python type(s), required, description used in messages)
+_SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "name": (str, True), "description": (str, False), "format": (str, True),
+    "image_size": (int, True), "backbone": (str, True), "seeds": (list, False),
+    "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
+    "transform": (str, False), "hparams": (dict, False),
+}
+_TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "name": (str, True), "group": (str, True), "num_classes": (int, True),
+    "aliases": (list, False), "folder": (str, False), "image_dir": (str, False),
+    "hparams": (dict, False),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table",
+               float: "a number"}
+
+
+def _check_keys(data: dict, schema: dict, where: str, src: str) -> None:
+    for key in data:
+        if key not in schema:
+            raise UserError(f"{src}: unknown key {key!r} in {where}; allowed keys: "
+                            f"{', '.join(sorted(schema))}")
+    for key, (typ, required) in schema.items():
+        if key not in data:
+            if required:
+                raise UserError(f"{src}: {where} is missing the required key {key!r}")
+            continue
+        value = data[key]
+        # bool is an int in Python; a suite never means True when it says a count
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise UserError(f"{src}: key {key!r} in {where} must be {_TYPE_NAMES[typ]}, "
+                            f"got {type(value).__name__} {value!r}")
+
+
+def _check_hparams(hp: dict, where: str, src: str) -> dict:
+    for key, value in hp.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (dict, list)):
+                    raise UserError(f"{src}: hyperparameter {key}.{sub} in {where} must be a "
+                                    f"scalar, got {type(v).__name__}")
+        elif isinstance(value, list):
+            raise UserError(f"{src}: hyperparameter {key!r} in {where} must be a scalar or a "
+                            "table of one method's values, got an array")
+    return hp
+
+
+def parse_suite(data: dict, src: str) -> Suite:
+    _check_keys(data, _SUITE_KEYS, "the top level", src)
+    if data["format"] not in FORMATS:
+        raise UserError(f"{src}: format {data['format']!r} is not one of {', '.join(FORMATS)}")
+    transform = data.get("transform", "resize")
+    if transform not in TRANSFORMS:
+        raise UserError(f"{src}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}")
+    if data["image_size"] <= 0:
+        raise UserError(f"{src}: image_size must be positive, got {data['image_size']}")
+    seeds = data.get("seeds", [42])
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"{src}: seeds must be a non-empty array of integers, got {seeds!r}")
+    splits = data["splits"]
+    for stage, pair in splits.items():
+        if stage not in STAGES:
+            raise UserError(f"{src}: unknown key {stage!r} in [splits]; allowed keys: {', '.join(STAGES)}")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+            raise UserError(f"{src}: splits.{stage} must be [train split, eval split], got {pair!r}")
+    if "final" not in splits:
+        raise UserError(f"{src}: [splits] is missing the required key 'final'")
+    groups = data.get("groups", [])
+    tasks = []
+    seen: dict[str, str] = {}
+    for i, t in enumerate(data["tasks"], 1):
+        if not isinstance(t, dict):
+            raise UserError(f"{src}: [[tasks]] #{i} must be a table")
+        where = f"[[tasks]] #{i}" + (f" ({t['name']})" if isinstance(t.get("name"), str) else "")
+        _check_keys(t, _TASK_KEYS, where, src)
+        if t["num_classes"] < 2:
+            raise UserError(f"{src}: num_classes in {where} must be at least 2, got {t['num_classes']}")
+        if groups and t["group"] not in groups:
+            raise UserError(f"{src}: group {t['group']!r} in {where} is not one of the suite's "
+                            f"groups {groups}")
+        aliases = t.get("aliases", [])
+        if not all(isinstance(a, str) for a in aliases):
+            raise UserError(f"{src}: aliases in {where} must be strings")
+        for n in [t["name"], *aliases]:
+            if seen.get(n.lower(), t["name"]) != t["name"]:
+                raise UserError(f"{src}: name or alias {n!r} in {where} is already used by task "
+                                f"{seen[n.lower()]!r}")
+            seen[n.lower()] = t["name"]
+        tasks.append(Task(name=t["name"], group=t["group"], num_classes=t["num_classes"],
+                          aliases=tuple(aliases), folder=t.get("folder", ""),
+                          image_dir=t.get("image_dir", ""),
+                          hparams=_check_hparams(t.get("hparams", {}), where, src)))
+    if not tasks:
+        raise UserError(f"{src}: the suite has no [[tasks]]")
+    return Suite(name=data["name"], description=data.get("description", ""), format=data["format"],
+                 image_size=data["image_size"], backbone=data["backbone"], seeds=tuple(seeds),
+                 groups=tuple(groups) or tuple(dict.fromkeys(t.group for t in tasks)),
+                 splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
+                 transform=transform, hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
+                 path=src)
+
+
+def builtin_suites() -> dict[str, Path]:
+    folder = resources.files("bench.suites")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".toml")}
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name (`demo`, `vtab1k`, `fgvc`) or a suite file by path."""
+    builtin = builtin_suites()
+    if name_or_path in builtin:
+        path = builtin[name_or_path]
+    else:
+        path = Path(name_or_path).expanduser()
+        if not (path.suffix == ".toml" and path.is_file()):
+            raise UserError(f"unknown suite {name_or_path!r}; built-in suites: "
+                            f"{', '.join(sorted(builtin))}, or pass the path of a suite .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    return parse_suite(data, str(path))

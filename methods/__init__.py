@@ -1,0 +1,1 @@
+"""PEFT methods, one module each; importing a module registers its method."""

@@ -1,0 +1,1 @@
+"""Suite definitions (TOML), shipped as package data of `bench.suites`."""

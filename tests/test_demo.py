@@ -1,0 +1,82 @@
+"""The embedded demo: data made on first use in the VTAB-1k layout, really pretrained weights."""
+
+import json
+
+import pytest
+import torch
+
+from bench.data import read_split, resolve_data_root
+from bench.demo import N_TEST, N_TRAIN, N_VAL, materialize
+from bench.engine import EngineOptions, run
+from bench.launch import plan
+from bench.registry import select_methods
+from bench.suite import load_suite
+from helpers import bench, record_files
+
+CPU = EngineOptions(device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    suite = load_suite("demo")
+    return suite, resolve_data_root(suite, None)
+
+
+def test_demo_tasks_are_written_in_the_vtab1k_layout_and_read_back_by_its_reader(demo):
+    suite, root = demo
+    for task in suite.tasks:
+        folder = root / task.name
+        for split, n in (("train800", N_TRAIN), ("val200", N_VAL), ("train800val200", N_TRAIN + N_VAL),
+                         ("test", N_TEST)):
+            items = read_split(suite, task, root, split).items
+            assert len(items) == n
+            assert all(p.is_file() and p.parent.parent == folder / "images" for p, _ in items[:5])
+        labels = {y for _, y in read_split(suite, task, root, "train800val200").items}
+        assert labels == set(range(task.num_classes)), task.name
+
+
+def test_materialising_again_is_a_no_op_and_the_content_is_deterministic(demo, tmp_path):
+    suite, root = demo
+    assert materialize(root) == root
+    other = materialize(tmp_path / "again")
+    for task in suite.tasks:
+        assert (other / task.name / "test.txt").read_text() == (root / task.name / "test.txt").read_text()
+    a = (root / "shapes_loc" / "images" / "train" / "00003.png").read_bytes()
+    assert (other / "shapes_loc" / "images" / "train" / "00003.png").read_bytes() == a
+
+
+def test_the_committed_weights_are_really_pretrained(demo, tmp_path):
+    """A linear probe on the pretrained backbone beats the same probe on a random one widely."""
+    import timm
+    from safetensors.torch import save_file
+
+    suite, root = demo
+    torch.manual_seed(0)
+    random_vit = timm.create_model("peftbench_demo_vit", pretrained=False, num_classes=0)
+    random_path = tmp_path / "random.safetensors"
+    save_file({k: v.contiguous() for k, v in random_vit.state_dict().items()}, str(random_path))
+    for task, margin in (("mnist", 15.0), ("shapes_loc", 30.0)):
+        tasks = [suite.task(task)]
+        pre = plan(suite, select_methods("linear"), tasks, [0], "final", suite.backbone, None, ["epochs=5"])[0]
+        rnd = plan(suite, select_methods("linear"), tasks, [0], "final", suite.backbone, str(random_path),
+                   ["epochs=5"])[0]
+        acc_pre = run(pre, suite, root, CPU)["metrics"]["top1"]
+        acc_rnd = run(rnd, suite, root, CPU)["metrics"]["top1"]
+        assert acc_pre > acc_rnd + margin, (task, acc_pre, acc_rnd)
+
+
+@pytest.mark.slow
+def test_the_demo_end_to_end_every_method_beats_chance_widely(tmp_path):
+    results = tmp_path / "results"
+    proc = bench("run", "--suite", "demo", "--methods", "all", "--results", str(results), "--quiet",
+                 "--set", "epochs=4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Mean (groups)" in proc.stdout
+    suite = load_suite("demo")
+    records = [json.loads(p.read_text()) for p in record_files(results)]
+    assert len(records) == len(select_methods("all")) * len(suite.tasks)
+    for rec in records:
+        task = suite.task(rec["spec"]["task"])
+        chance = 100.0 / task.num_classes
+        assert rec["status"] == "ok"
+        assert rec["metrics"]["top1"] > chance + 25, (rec["spec"]["method"], task.name, rec["metrics"]["top1"])

@@ -1,0 +1,79 @@
+"""The engine on a tiny pretrained ViT: it learns, it is reproducible, it measures, it fails loudly."""
+
+import math
+
+import pytest
+import torch
+
+from bench.data import resolve_data_root
+from bench.engine import DivergedError, EngineOptions, run
+from bench.launch import execute_spec, plan
+from bench.model import warmup_cosine
+from bench.registry import select_methods
+from bench.store import Store
+from bench.suite import load_suite
+
+CPU = EngineOptions(device=torch.device("cpu"))
+
+
+def toy_specs(suite_path, methods="linear,full", overrides=(), seeds=(0,)):
+    suite = load_suite(str(suite_path))
+    return suite, plan(suite, select_methods(methods), list(suite.tasks), list(seeds), "final",
+                       suite.backbone, None, list(overrides))
+
+
+def test_every_method_learns_a_separable_toy_task(toy_suite):
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path)
+    for spec in specs:
+        out = run(spec, suite, data, CPU)
+        assert out["metrics"]["top1"] >= 90.0, (spec.method, spec.task, out["metrics"]["top1"])
+        assert out["curve"][-1]["train_loss"] < out["curve"][0]["train_loss"]
+
+
+def test_a_run_records_every_cost_metric(toy_suite):
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, "linear")
+    m = run(specs[0], suite, data, CPU)["metrics"]
+    assert m["trainable_params"] == 96 * 3 + 3 and m["trainable_params_no_head"] == 0
+    assert m["total_params"] > 400_000
+    assert m["peak_memory_mib"] > 50
+    assert m["train_seconds"] > 0 and m["eval_seconds"] > 0
+    assert m["train_throughput"] > 0 and m["inference_throughput"] > 0
+    assert 0.01 < m["gflops_per_image"] < 0.1  # ~2 * 0.45M params * 17 tokens
+    assert m["n_train"] == 50 and m["n_eval"] == 30 and m["eval_split"] == "test"
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_does_not(toy_suite):
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, "full", ["epochs=2", "warmup_epochs=0"], seeds=(0, 1))
+    first = run(specs[0], suite, data, CPU)
+    again = run(specs[0], suite, data, CPU)
+    assert (specs[1].task, specs[1].seed) == (specs[0].task, 1)
+    other = run(specs[1], suite, data, CPU)
+    assert [c["train_loss"] for c in first["curve"]] == [c["train_loss"] for c in again["curve"]]
+    assert first["metrics"]["top1"] == again["metrics"]["top1"]
+    assert [c["train_loss"] for c in first["curve"]] != [c["train_loss"] for c in other["curve"]]
+
+
+def test_a_diverging_run_is_recorded_as_failed_with_its_error(toy_suite, tmp_path):
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, "full", ["lr=1e30", "epochs=2"])
+    with pytest.raises(DivergedError):
+        run(specs[0], suite, data, CPU)
+    store = Store(tmp_path / "results")
+    record = execute_spec(specs[0], suite, data, store, CPU)
+    assert record["status"] == "failed"
+    assert "DivergedError: training loss became nan" in record["error"]
+    assert store.read(specs[0])["status"] == "failed"
+    assert record["env"]["packages"]["torch"] and record["env"]["host"]
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
+    assert not math.isnan(warmup_cosine(5, 0, 0))
