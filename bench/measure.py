@@ -76,7 +76,9 @@ def forward_gflops(model: torch.nn.Module, image_size: int, device: torch.device
     model.eval()
     x = torch.zeros(1, 3, image_size, image_size, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # Not under no_grad: the counter's module tracker hooks every input that requires grad and
+    # fails on views of trainable parameters (e.g. prompts) made with grad disabled.
+    with counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() / 1e9

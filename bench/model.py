@@ -14,10 +14,10 @@ from torch import nn
 
 
 def make_head(embed_dim: int, num_classes: int) -> nn.Linear:
-    """Linear(D, C) with VPT's initialisation (kaiming-normal, fan-out; zero bias)."""
+    """Linear(D, C) initialised as VPT's code does: kaiming-normal weight (fan-out), the bias
+    left at PyTorch's default."""
     head = nn.Linear(embed_dim, num_classes)
     nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
-    nn.init.zeros_(head.bias)
     return head
 
 

@@ -94,7 +94,7 @@ def test_hyperparameters_resolve_defaults_then_suite_then_task_then_command_line
     (["lr=fast"], r"lr='fast' is not a valid float"),
     (["epochs=2.5"], r"epochs='2.5' is not a valid int"),
     (["rank=4"], "no selected method has a hyperparameter 'rank'"),
-    (["vpt.lr=1"], "unknown method 'vpt'"),
+    (["lora.lr=1"], "unknown method 'lora'"),
     (["epochs=0"], "epochs must be at least 1"),
     (["warmup_epochs=50"], "warmup_epochs must be between 0 and epochs"),
     (["optimizer=adam"], "optimizer must be sgd or adamw"),
