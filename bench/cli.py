@@ -119,9 +119,7 @@ def cmd_run(args) -> int:
                   f"in {elapsed:.1f}s")
     report = build_report(store, suite, args.stage)
     if not report.mean.empty:
-        names = {m.name for m in methods}
-        report.mean = report.mean[report.mean.index.isin(names)]
-        console.print(rich_table(report))
+        console.print(rich_table(report.restrict({m.name for m in methods})))
     for spec, error in outcome.failed:
         err_console.print(f"[red]failed[/] {spec.method}/{spec.task}/seed {spec.seed}: {escape(str(error))} "
                           f"(record: {store.record_path(spec)})")
@@ -208,29 +206,35 @@ def cmd_status(args) -> int:
 
 # ------------------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
-    from .report import build_report, rich_table, write_report
+    from .report import FORMATS, build_report, rich_table, write_report
     from .store import Store
     from .suite import load_suite
 
     suite = load_suite(args.suite)
     store = Store(args.results)
-    formats = ["md", "csv"] if args.format == "all" else [f.strip() for f in args.format.split(",")]
+    formats = list(FORMATS) if args.format == "all" else [f.strip() for f in args.format.split(",")]
     for f in formats:
-        if f not in ("md", "csv"):
-            raise UserError(f"--format {args.format!r}: choose md, csv or all")
-    report = build_report(store, suite, args.stage)
+        if f not in FORMATS:
+            raise UserError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}, "
+                            "a comma-separated list, or all")
+    report = build_report(store, suite, args.stage, compare_published=args.compare_published)
     if report.mean.empty:
         raise UserError(f"nothing to report: {report.notes[0]}. Run `bench run --suite {suite.name}` "
                         "first, or pass --results DIR")
     console.print(rich_table(report))
     for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")
     if report.missing:
         console.print(f"[yellow]missing cells[/] ({len(report.missing)}): "
                       + ", ".join(f"{m}/{t}" for m, t in report.missing)
                       + "; means that need them are shown as missing")
     out = Path(args.out) if args.out else store.root / suite.name
-    for path in write_report(report, out, formats):
+    written = write_report(report, out, formats)
+    if args.plots:
+        from .plots import make_plots
+
+        written += make_plots(report, out / "plots")
+    for path in written:
         console.print(f"wrote {path}")
     return 0
 
@@ -317,10 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     results_opt(st)
     st.set_defaults(func=cmd_status)
 
-    rp = sub.add_parser("report", help="per-task table with group means, as a terminal table, Markdown and CSV")
+    rp = sub.add_parser("report", help="paper-style table (terminal, Markdown, LaTeX, CSV) and plots")
     rp.add_argument("--suite", required=True)
     rp.add_argument("--stage", default="final")
-    rp.add_argument("--format", default="all", help="md, csv or all (default)")
+    rp.add_argument("--format", default="all", help="md, latex, csv, a comma-separated list, or all (default)")
+    rp.add_argument("--compare-published", action="store_true",
+                    help="add the VPT paper's rows and our difference to them")
+    rp.add_argument("--plots", action="store_true", help="also write seaborn figures (PNG and PDF)")
     rp.add_argument("--out", help="folder for the table files (default: <results>/<suite>/)")
     results_opt(rp)
     rp.set_defaults(func=cmd_report)

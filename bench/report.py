@@ -2,13 +2,15 @@
 
 Only `ok` records of the chosen stage count. Several seeds give mean and std. A missing cell is
 shown as missing and makes the means that need it missing too: an average over fewer tasks is
-never reported as if it were the whole suite's.
+never reported as if it were the whole suite's. Both overall averages are given, labelled: the
+flat mean over tasks and the mean of the group means (papers use both).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -17,22 +19,53 @@ from .store import Store
 from .suite import Suite
 
 MISSING = "—"
+FLAT, GROUPS = "Mean (tasks)", "Mean (groups)"
+PARAMS, PARAMS_NO_HEAD = "Params (M)", "Params no head (M)"
+FORMATS = ("md", "latex", "csv")
 
 
 @dataclass
 class Report:
     suite: Suite
     stage: str
-    mean: pd.DataFrame            # method x task (+ group and overall means, params)
+    mean: pd.DataFrame            # method x (tasks, group means, both means, params)
     std: pd.DataFrame             # method x task, std over seeds (NaN for a single seed)
     seeds: pd.DataFrame           # method x task, number of seeds
+    records: pd.DataFrame = field(default_factory=pd.DataFrame)  # the records reported
     missing: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    published: pd.DataFrame | None = None  # same columns as `mean`, rows "<method> (published)"
 
     @property
-    def mean_columns(self) -> list[str]:
-        return [f"{g.title()}" for g in self.suite.groups if len(self.suite.groups) > 1] + \
-            ["Mean (tasks)", "Mean (groups)"]
+    def tasks(self) -> list[str]:
+        return [t.name for t in self.suite.tasks]
+
+    @property
+    def accuracy_columns(self) -> list[str]:
+        return [c for c in self.mean.columns if c not in (PARAMS, PARAMS_NO_HEAD)]
+
+    def restrict(self, methods: set[str]) -> "Report":
+        keep = self.mean.index.isin(methods)
+        self.mean, self.std, self.seeds = self.mean[keep], self.std[keep], self.seeds[keep]
+        self.missing = [(m, t) for m, t in self.missing if m in methods]
+        return self
+
+
+def group_names(suite: Suite) -> list[str]:
+    return [g.title() for g in suite.groups] if len(suite.groups) > 1 else []
+
+
+def add_means(acc: pd.DataFrame, suite: Suite) -> pd.DataFrame:
+    """Task columns -> task columns, group means, flat mean, mean of group means (NaN if any
+    task a mean needs is missing)."""
+    table = acc.copy()
+    tasks = [t.name for t in suite.tasks]
+    groups = group_names(suite)
+    for g, name in zip(suite.groups, groups):
+        table[name] = acc[[t.name for t in suite.tasks if t.group == g]].mean(axis=1, skipna=False)
+    table[FLAT] = acc[tasks].mean(axis=1, skipna=False)
+    table[GROUPS] = table[groups].mean(axis=1, skipna=False) if groups else table[FLAT]
+    return table
 
 
 def records_frame(store: Store, suite: str) -> pd.DataFrame:
@@ -45,58 +78,66 @@ def records_frame(store: Store, suite: str) -> pd.DataFrame:
             "suite": spec["suite"], "method": spec["method"], "task": spec["task"],
             "seed": spec["seed"], "stage": spec["stage"], "backbone": spec["backbone"],
             "hparams": json.dumps(spec["hparams"], sort_keys=True), "run_id": rec["run_id"],
-            "finished_at": rec.get("finished_at", ""), **{k: v for k, v in m.items()},
+            "finished_at": rec.get("finished_at", ""), **m,
         })
     return pd.DataFrame(rows)
 
 
-def build_report(store: Store, suite: Suite, stage: str = "final") -> Report:
+def published_frame(suite: Suite) -> pd.DataFrame | None:
+    """The published rows carried in bench/reference/ (the VPT paper's), or None."""
+    path = resources.files("bench") / "reference" / f"published_{suite.name}.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        table = pd.read_csv(f, comment="#").set_index("method")
+    tasks = [t.name for t in suite.tasks]
+    frame = add_means(table[tasks], suite)
+    frame[PARAMS] = table["trainable_params_m"]
+    frame[PARAMS_NO_HEAD] = float("nan")
+    return frame
+
+
+def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False) -> Report:
     df = records_frame(store, suite.name)
     notes: list[str] = []
     if not df.empty:
         df = df[df["stage"] == stage]
     if df.empty:
         empty = pd.DataFrame()
-        return Report(suite, stage, empty, empty, empty, [], [f"no ok records for suite "
-                      f"{suite.name!r} stage {stage!r} under {store.root}"])
+        return Report(suite, stage, empty, empty, empty, notes=[
+            f"no ok records for suite {suite.name!r} stage {stage!r} under {store.root}"])
     # One configuration per cell: where a cell was run with several (e.g. a later --set), the
     # most recently finished configuration is the one reported, and the report says so.
-    latest = df.groupby(["method", "task", "backbone", "hparams"])["finished_at"].max().reset_index()
+    keys = ["method", "task", "backbone", "hparams"]
+    latest = df.groupby(keys)["finished_at"].max().reset_index()
     latest = latest.sort_values("finished_at").groupby(["method", "task"]).tail(1)
-    dup = df.groupby(["method", "task"])[["hparams", "backbone"]].nunique()
-    for (method, task), n in dup.max(axis=1).items():
+    configs = df.groupby(["method", "task"])[["hparams", "backbone"]].nunique().max(axis=1)
+    for (method, task), n in configs.items():
         if n > 1:
             notes.append(f"{method}/{task}: records with {n} configurations; reporting the latest")
-    df = df.merge(latest[["method", "task", "backbone", "hparams"]], on=["method", "task", "backbone", "hparams"])
+    df = df.merge(latest[keys], on=keys)
 
     tasks = [t.name for t in suite.tasks]
-    methods = list(dict.fromkeys(sorted(df["method"])))
+    df = df[df["task"].isin(tasks)]
+    methods = sorted(df["method"].unique())
     grouped = df.groupby(["method", "task"])["top1"]
-    mean = grouped.mean().unstack().reindex(index=methods, columns=tasks)
+    acc = grouped.mean().unstack().reindex(index=methods, columns=tasks)
     std = grouped.std().unstack().reindex(index=methods, columns=tasks)
     seeds = grouped.count().unstack().reindex(index=methods, columns=tasks).fillna(0).astype(int)
-    missing = [(m, t) for m in methods for t in tasks if pd.isna(mean.loc[m, t])]
-
-    table = mean.copy()
-    group_cols = []
-    for g in suite.groups:
-        cols = [t.name for t in suite.tasks if t.group == g]
-        name = g.title()
-        table[name] = mean[cols].mean(axis=1, skipna=False)
-        group_cols.append(name)
-    if len(suite.groups) > 1:
-        table["Mean (tasks)"] = mean[tasks].mean(axis=1, skipna=False)
-        table["Mean (groups)"] = table[group_cols].mean(axis=1, skipna=False)
-    else:
-        table = table.drop(columns=group_cols)
-        table["Mean (tasks)"] = mean[tasks].mean(axis=1, skipna=False)
-        table["Mean (groups)"] = table["Mean (tasks)"]
-    params = df.groupby("method")[["trainable_params", "trainable_params_no_head"]].mean()
-    table["Params (M)"] = params["trainable_params"].reindex(methods) / 1e6
-    table["Params no head (M)"] = params["trainable_params_no_head"].reindex(methods) / 1e6
-    return Report(suite, stage, table, std, seeds, missing, notes)
+    missing = [(m, t) for m in methods for t in tasks if pd.isna(acc.loc[m, t])]
+    table = add_means(acc, suite)
+    params = df.groupby("method")[["trainable_params", "trainable_params_no_head"]].mean() / 1e6
+    table[PARAMS] = params["trainable_params"].reindex(methods)
+    table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
+    published = None
+    if compare_published:
+        published = published_frame(suite)
+        if published is None:
+            notes.append(f"no published figures are carried for suite {suite.name!r}")
+    return Report(suite, stage, table, std, seeds, df, missing, notes, published)
 
 
+# ------------------------------------------------------------------------------------ display
 def _fmt(value, std=None) -> str:
     if pd.isna(value):
         return MISSING
@@ -111,45 +152,126 @@ def _fmt_params(millions) -> str:
     return f"{millions:.2f}" if millions >= 0.01 else f"{millions:.2g}"
 
 
-def display_frame(report: Report) -> pd.DataFrame:
-    """Strings as a paper shows them: accuracy with one decimal (± std over seeds)."""
-    tasks = [t.name for t in report.suite.tasks]
-    out = pd.DataFrame(index=report.mean.index)
-    for t in tasks:
-        out[t] = [_fmt(report.mean.loc[m, t], report.std.loc[m, t]) for m in report.mean.index]
-    for col in report.mean.columns:
-        if col in tasks or col == "Params no head (M)":
+def comparison_rows(report: Report) -> pd.DataFrame:
+    """Published rows of the methods we ran, and our difference to them, per column."""
+    if report.published is None:
+        return pd.DataFrame()
+    rows = {}
+    for method in report.mean.index:
+        if method not in report.published.index:
             continue
-        if col == "Params (M)":
+        pub = report.published.loc[method]
+        rows[f"{method} (published)"] = pub
+        delta = report.mean.loc[method, report.accuracy_columns] - pub[report.accuracy_columns]
+        rows[f"{method} (ours − published)"] = delta
+    return pd.DataFrame(rows).T.reindex(columns=report.mean.columns)
+
+
+def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
+    """Strings as a paper shows them: accuracy with one decimal (± std over seeds)."""
+    out = pd.DataFrame(index=report.mean.index)
+    for col in report.mean.columns:
+        if col == PARAMS_NO_HEAD:
+            continue
+        if col == PARAMS:
             out[col] = [_fmt_params(v) for v in report.mean[col]]
+        elif col in report.tasks:
+            out[col] = [_fmt(report.mean.loc[m, col], report.std.loc[m, col]) for m in report.mean.index]
         else:
             out[col] = [_fmt(v) for v in report.mean[col]]
+    comparison = comparison_rows(report) if with_comparison else pd.DataFrame()
+    for name, row in comparison.iterrows():
+        delta = "−" in name
+        out.loc[name] = [
+            (MISSING if pd.isna(row[c]) else f"{row[c]:+.1f}") if delta and c != PARAMS
+            else (_fmt_params(row[c]) if c == PARAMS else _fmt(row[c]))
+            for c in out.columns]
+    out.columns = [_label(report, c) for c in out.columns]
     out.index.name = "method"
     return out
 
 
+def _label(report: Report, column: str) -> str:
+    for t in report.suite.tasks:
+        if t.name == column:
+            return t.label
+    return column
+
+
+def markdown_table(report: Report) -> str:
+    text = (f"Top-1 accuracy (%) on {report.suite.name} ({report.stage} stage, evaluated on "
+            f"{report.suite.splits[report.stage][1]} after the last epoch); mean ± std over seeds; "
+            f"{PARAMS}: trainable parameters with the head.\n\n" + display_frame(report).to_markdown(disable_numparse=True) + "\n")
+    if report.missing:
+        text += "\nMissing cells: " + ", ".join(f"{m}/{t}" for m, t in report.missing) + "\n"
+    return text
+
+
+def latex_table(report: Report) -> str:
+    """A booktabs table for \\input: tasks grouped under their group names, the best value of
+    each accuracy column in bold and the second underlined."""
+    numeric = report.mean.drop(columns=[PARAMS_NO_HEAD])
+    acc_cols = [c for c in numeric.columns if c != PARAMS]
+    ranks = numeric[acc_cols].rank(axis=0, method="min", ascending=False)
+    cells = pd.DataFrame(index=numeric.index, columns=numeric.columns, dtype=object)
+    for m in numeric.index:
+        for c in numeric.columns:
+            v = numeric.loc[m, c]
+            if c == PARAMS:
+                cells.loc[m, c] = _fmt_params(v)
+                continue
+            std = report.std.loc[m, c] if c in report.std.columns else None
+            text = MISSING if pd.isna(v) else (
+                f"{v:.1f}$\\pm${std:.1f}" if std is not None and not pd.isna(std) else f"{v:.1f}")
+            if not pd.isna(v) and ranks.loc[m, c] == 1:
+                text = f"\\textbf{{{text}}}"
+            elif not pd.isna(v) and ranks.loc[m, c] == 2:
+                text = f"\\underline{{{text}}}"
+            cells.loc[m, c] = text
+    top = []
+    for c in numeric.columns:
+        task = next((t for t in report.suite.tasks if t.name == c), None)
+        top.append(task.group.title() if task is not None and len(report.suite.groups) > 1 else "")
+    cells.columns = pd.MultiIndex.from_arrays([top, [_escape(_label(report, c)) for c in numeric.columns]])
+    cells.index = [_escape(m) for m in cells.index]
+    caption = (f"Top-1 accuracy (\\%) on {_escape(report.suite.name)}, {report.stage} stage, last epoch; "
+               "mean$\\pm$std over seeds. Best in bold, second underlined.")
+    latex = cells.style.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * len(numeric.columns),
+                                  caption=caption, label=f"tab:{report.suite.name}-{report.stage}")
+    return latex.replace("—", "--")
+
+
+def _escape(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def csv_frame(report: Report) -> pd.DataFrame:
+    frame = report.mean.copy()
+    for t in report.tasks:
+        frame[f"{t} std"] = report.std[t]
+        frame[f"{t} seeds"] = report.seeds[t]
+    comparison = comparison_rows(report)
+    if not comparison.empty:
+        frame = pd.concat([frame, comparison])
+    frame.index.name = "method"
+    return frame
+
+
 def write_report(report: Report, out_dir: Path, formats: list[str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     stem = f"{report.suite.name}_{report.stage}"
+    written = []
     if "md" in formats:
-        path = out_dir / f"{stem}.md"
-        text = (f"Top-1 accuracy (%) on {report.suite.name} ({report.stage} stage, eval split "
-                f"{report.suite.splits[report.stage][1]}); mean ± std over seeds.\n\n"
-                + display_frame(report).to_markdown() + "\n")
-        if report.missing:
-            text += "\nMissing cells: " + ", ".join(f"{m}/{t}" for m, t in report.missing) + "\n"
-        path.write_text(text)
-        written.append(path)
+        written.append(out_dir / f"{stem}.md")
+        written[-1].write_text(markdown_table(report))
+    if "latex" in formats:
+        written.append(out_dir / f"{stem}.tex")
+        written[-1].write_text(latex_table(report))
     if "csv" in formats:
-        path = out_dir / f"{stem}.csv"
-        frame = report.mean.copy()
-        for t in report.std.columns:
-            frame[f"{t} std"] = report.std[t]
-            frame[f"{t} seeds"] = report.seeds[t]
-        frame.index.name = "method"
-        frame.to_csv(path, float_format="%.4f")
-        written.append(path)
+        written.append(out_dir / f"{stem}.csv")
+        csv_frame(report).to_csv(written[-1], float_format="%.4f")
     return written
 
 
@@ -157,10 +279,10 @@ def rich_table(report: Report):
     from rich.table import Table
 
     frame = display_frame(report)
-    table = Table(title=f"{report.suite.name} · top-1 (%) · {report.stage} stage", show_lines=False)
+    table = Table(title=f"{report.suite.name} · top-1 (%) · {report.stage} stage")
     table.add_column("method", style="bold")
     for col in frame.columns:
         table.add_column(col, justify="right")
     for method, row in frame.iterrows():
-        table.add_row(method, *row.tolist())
+        table.add_row(str(method), *row.tolist())
     return table

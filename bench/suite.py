@@ -31,6 +31,7 @@ class Task:
     group: str
     num_classes: int
     aliases: tuple[str, ...] = ()
+    short: str = ""  # the column name papers use (e.g. "dSpr-Loc")
     folder: str = ""
     image_dir: str = ""
     hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -38,6 +39,10 @@ class Task:
     @property
     def folder_name(self) -> str:
         return self.folder or self.name
+
+    @property
+    def label(self) -> str:
+        return self.short or self.name
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
-    "aliases": (list, False), "folder": (str, False), "image_dir": (str, False),
+    "aliases": (list, False), "short": (str, False), "folder": (str, False), "image_dir": (str, False),
     "hparams": (dict, False),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table",
@@ -157,7 +162,7 @@ def parse_suite(data: dict, src: str) -> Suite:
                                 f"{seen[n.lower()]!r}")
             seen[n.lower()] = t["name"]
         tasks.append(Task(name=t["name"], group=t["group"], num_classes=t["num_classes"],
-                          aliases=tuple(aliases), folder=t.get("folder", ""),
+                          aliases=tuple(aliases), short=t.get("short", ""), folder=t.get("folder", ""),
                           image_dir=t.get("image_dir", ""),
                           hparams=_check_hparams(t.get("hparams", {}), where, src)))
     if not tasks:

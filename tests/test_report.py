@@ -1,0 +1,120 @@
+"""Reports from hand-made records: both means right, missing cells flagged, LaTeX well formed."""
+
+import re
+
+import numpy as np
+import pytest
+
+from bench.report import FLAT, GROUPS, build_report, latex_table, markdown_table, write_report
+from bench.store import RunSpec, Store
+from bench.suite import load_suite
+
+VTAB = load_suite("vtab1k")
+
+
+def add_record(store, method, task, seed, top1, params=1000, stage="final", hparams=None, finished="2026-01-01"):
+    spec = RunSpec(suite="vtab1k", task=task, method=method, seed=seed, stage=stage,
+                   backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224,
+                   hparams=hparams or {"lr": 1.0})
+    store.write(spec, {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok", "finished_at": finished,
+                       "metrics": {"top1": top1, "trainable_params": params, "trainable_params_no_head": params - 100,
+                                   "peak_memory_mib": 100.0, "train_seconds": 1.0}})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "results")
+    rng = np.random.default_rng(0)
+    for i, task in enumerate(VTAB.tasks):
+        for seed in (1, 2):
+            add_record(s, "a", task.name, seed, 50.0 + i + seed)        # mean 51.5 + i, std 0.707
+            add_record(s, "b", task.name, seed, float(rng.integers(10, 90)), params=5000)
+    return s
+
+
+def test_group_means_the_flat_mean_and_the_mean_of_group_means_are_right(store):
+    report = build_report(store, VTAB)
+    row = report.mean.loc["a"]
+    acc = {t.name: 51.5 + i for i, t in enumerate(VTAB.tasks)}
+    groups = {g: [acc[t.name] for t in VTAB.tasks if t.group == g] for g in VTAB.groups}
+    assert row["Natural"] == pytest.approx(np.mean(groups["natural"]))       # 7 tasks: 54.5
+    assert row["Specialized"] == pytest.approx(np.mean(groups["specialized"]))  # 4 tasks: 60.0
+    assert row["Structured"] == pytest.approx(np.mean(groups["structured"]))    # 8 tasks: 66.0
+    assert row[FLAT] == pytest.approx(np.mean(list(acc.values())))               # 60.5
+    assert row[GROUPS] == pytest.approx(np.mean([54.5, 60.0, 66.0]))            # 60.1666
+    assert row[FLAT] != pytest.approx(row[GROUPS])  # the two averages really differ here
+    assert report.std.loc["a", "cifar"] == pytest.approx(np.std([51, 52], ddof=1))
+    assert report.seeds.loc["a", "cifar"] == 2
+    assert report.mean.loc["b", "Params (M)"] == pytest.approx(0.005)
+
+
+def test_missing_cells_are_flagged_and_never_averaged_over(store, tmp_path):
+    path = next((store.root / "vtab1k" / "a" / "dmlab").glob("*.json"))
+    for p in path.parent.glob("*.json"):
+        p.unlink()
+    report = build_report(store, VTAB)
+    assert report.missing == [("a", "dmlab")]
+    row = report.mean.loc["a"]
+    assert np.isnan(row["dmlab"]) and np.isnan(row["Structured"]) and np.isnan(row[FLAT]) and np.isnan(row[GROUPS])
+    assert not np.isnan(row["Natural"])
+    assert "Missing cells: a/dmlab" in markdown_table(report)
+
+
+def test_the_latest_configuration_of_a_cell_is_reported_and_the_report_says_so(store):
+    add_record(store, "a", "cifar", 1, 99.0, hparams={"lr": 0.1}, finished="2027-01-01")
+    report = build_report(store, VTAB)
+    assert report.mean.loc["a", "cifar"] == 99.0
+    assert any("a/cifar: records with 2 configurations" in n for n in report.notes)
+
+
+def test_latex_is_balanced_booktabs_with_the_best_in_bold_and_the_second_underlined(store):
+    tex = latex_table(build_report(store, VTAB))
+    assert tex.count("\\begin{") == tex.count("\\end{")
+    assert tex.count("{") == tex.count("}")
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert tex.count(rule) == 1
+    assert "\\multicolumn{7}{c}{Natural}" in tex and "\\multicolumn{8}{c}{Structured}" in tex
+    assert "dSpr-Loc" in tex and "Mean (groups)" in tex
+    body = tex.split("\\midrule")[1].split("\\bottomrule")[0]
+    rows = {line.split("&")[0].strip(): [c.strip() for c in line.rstrip("\\ \n").split("&")[1:]]
+            for line in body.strip().splitlines()}
+    report = build_report(store, VTAB)
+    for j, col in enumerate(report.mean.columns.drop("Params no head (M)")):
+        if col == "Params (M)":
+            assert not any("textbf" in rows[m][j] for m in rows)
+            continue
+        best = report.mean[col].idxmax()
+        worst = report.mean[col].idxmin()
+        assert rows[best][j].startswith("\\textbf{"), (col, rows[best][j])
+        assert rows[worst][j].startswith("\\underline{"), (col, rows[worst][j])  # two methods: 2nd = last
+    assert re.search(r"\$\\pm\$", tex)
+
+
+def test_compare_published_prints_the_vpt_rows_and_our_difference(store, tmp_path):
+    # give method "linear" records equal to the VPT paper's linear row + 1
+    import csv
+    from importlib import resources
+    text = (resources.files("bench") / "reference" / "published_vtab1k.csv").read_text()
+    rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
+    published = dict(zip(rows[0], next(r for r in rows[1:] if r[0] == "linear")))
+    for task in VTAB.tasks:
+        add_record(store, "linear", task.name, 1, float(published[task.name]) + 1.0)
+    report = build_report(store, VTAB, compare_published=True)
+    md = markdown_table(report)
+    assert "linear (published)" in md and "linear (ours − published)" in md
+    delta_row = next(line for line in md.splitlines() if line.startswith("| linear (ours"))
+    assert delta_row.count("+1.0") >= 19 + 5  # every task, every group mean, both means
+    files = write_report(report, tmp_path / "out", ["md", "latex", "csv"])
+    assert [p.suffix for p in files] == [".md", ".tex", ".csv"]
+    assert "linear (published)" in files[2].read_text()
+
+
+def test_plots_are_written_as_png_and_pdf(store, tmp_path):
+    from bench.plots import make_plots
+    paths = make_plots(build_report(store, VTAB), tmp_path / "plots")
+    names = {p.name for p in paths}
+    for stem in ("accuracy_vs_params", "groups", "costs", "tasks_heatmap"):
+        assert f"vtab1k_final_{stem}.png" in names and f"vtab1k_final_{stem}.pdf" in names
+    for p in paths:
+        head = p.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") or head.startswith(b"%PDF")
