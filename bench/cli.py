@@ -55,9 +55,8 @@ def _device(name: str):
 
 # ---------------------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .launch import plan, run_local
+    from .launch import Outcome, plan
+    from .protocol import final_specs, method_grid, select, tune_specs
     from .registry import select_methods
     from .store import Store
     from .suite import load_suite
@@ -68,7 +67,22 @@ def cmd_run(args) -> int:
     tasks = suite.select_tasks(args.tasks.split(",") if args.tasks else None)
     seeds = _seeds(args.seeds) if args.seeds else list(suite.seeds)
     backbone = args.backbone or suite.backbone
-    specs = plan(suite, methods, tasks, seeds, args.stage, backbone, args.checkpoint, args.set or [])
+    protocol = args.protocol or suite.protocol
+    if protocol == "vtab" and args.stage:
+        raise UserError("--stage goes with --protocol fixed; --protocol vtab runs the tune stage, "
+                        "then the final stage")
+    if protocol == "vtab" and "tune" not in suite.splits:
+        raise UserError(f"--protocol vtab needs a tune stage, and suite {suite.name!r} has none in [splits]")
+    stage = args.stage or "final"
+    overrides = args.set or []
+    base = plan(suite, methods, tasks, seeds, stage, backbone, args.checkpoint, overrides)
+    stages = [stage]
+    tune: list = []
+    if protocol == "vtab":
+        grids = {m.name: method_grid(m, suite, overrides) for m in methods}
+        tune = tune_specs([s for s in base if s.seed == seeds[0]], grids)
+        stages = ["tune", "final"]
+
     from . import data as data_mod
     from .backbones import create_backbone, set_threads
     from .engine import EngineOptions
@@ -76,54 +90,83 @@ def cmd_run(args) -> int:
 
     device = _device(args.device)
     threads = set_threads(args.threads)
-
     # Everything a run needs from the user is checked before the first run starts, so bad input
-    # fails in seconds with one message and leaves nothing in the results root.
+    # fails in seconds with one message and leaves nothing in the results root. (Only split
+    # files are read here: no image of a test split is opened before the final stage.)
     root = data_mod.resolve_data_root(suite, args.data_root)
-    train_split, eval_split = suite.splits[args.stage]
     for task in tasks:
-        for split in (train_split, eval_split):
+        for split in dict.fromkeys(sp for st in stages for sp in suite.splits[st]):
             data_mod.check_labels(data_mod.read_split(suite, task, root, split), task.num_classes)
     create_backbone(backbone, args.checkpoint, img_size=suite.image_size)
 
     store = Store(args.results)
-    store.save_plan(suite.name, specs)
-    console.print(f"[bold]{suite.name}[/]: {len(specs)} runs ({len(methods)} methods x {len(tasks)} "
-                  f"tasks x {len(seeds)} seeds, stage {args.stage}) on {device} ({threads} threads); "
-                  f"records in {store.root}/{suite.name}")
-    t0 = time.perf_counter()
+    opts = EngineOptions(device=device, workers=args.workers)
+    console.print(f"[bold]{suite.name}[/]: {len(methods)} methods x {len(tasks)} tasks x {len(seeds)} "
+                  f"seeds, protocol {protocol} on {device} ({threads} threads); records in "
+                  f"{store.root}/{suite.name}")
+    total = Outcome()
+    waiting: list[str] = []
+    if tune:
+        store.save_plan(suite.name, tune)
+        console.print(f"tune stage: {len(tune)} runs (grid points x tasks x methods, seed {seeds[0]}, "
+                      f"{suite.splits['tune'][0]} -> {suite.splits['tune'][1]})")
+        _merge(total, _run_specs(tune, suite, root, store, opts, args))
+        best, waiting = select(store, tune)
+        specs = final_specs(base, best)
+        for cell, hp in sorted(best.items()):
+            chosen = {k: hp[k] for k in sorted(grids[cell[0]]) if k in hp}
+            console.print(f"selected for {cell[0]}/{cell[1]}: {chosen}")
+        console.print(f"final stage: {len(specs)} runs ({suite.splits['final'][0]} -> "
+                      f"{suite.splits['final'][1]})")
+    else:
+        specs = base
+    if specs:
+        store.save_plan(suite.name, specs)
+        _merge(total, _run_specs(specs, suite, root, store, opts, args))
+    console.print(f"{len(total.ran)} ran, {len(total.skipped)} already done, "
+                  f"{len(total.busy)} running elsewhere, {len(total.failed)} failed")
+    for line in waiting:
+        console.print(f"[yellow]final stage waits[/]: {line}; run the same command again when they are ok")
+    report = build_report(store, suite, "final" if protocol == "vtab" else stage)
+    if not report.mean.empty:
+        console.print(rich_table(report.restrict({m.name for m in methods})))
+    for spec, error in total.failed:
+        err_console.print(f"[red]failed[/] {spec.stage} {spec.method}/{spec.task}/seed {spec.seed}: "
+                          f"{escape(str(error))} (record: {store.record_path(spec)})")
+    return 1 if total.failed or waiting else 0
+
+
+def _merge(total, part) -> None:
+    for name in ("ran", "skipped", "busy", "failed"):
+        getattr(total, name).extend(getattr(part, name))
+
+
+def _run_specs(specs, suite, root, store, opts, args):
+    """Run specs locally with rich progress: one line per finished run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .launch import run_local
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False,
-                  disable=args.quiet) as progress:
+                  TimeElapsedColumn(), console=console, disable=args.quiet) as progress:
         overall = progress.add_task("runs", total=len(specs))
 
         def on_done(spec, record):
             progress.update(overall, advance=1)
             if record is None:
                 return
+            what = f"{spec.method:<12} {spec.task:<18} seed {spec.seed:<5}"
+            if spec.stage != "final":
+                what += f" {spec.stage} lr={spec.hparams.get('lr')}"
             if record["status"] == "ok":
                 m = record["metrics"]
-                progress.console.print(
-                    f"[green]ok[/]     {spec.method:<12} {spec.task:<18} seed {spec.seed:<5} "
-                    f"top-1 {m['top1']:5.1f}%  {m['train_seconds'] + m['eval_seconds']:6.1f}s")
+                progress.console.print(f"[green]ok[/]     {what} top-1 {m['top1']:5.1f}%  "
+                                       f"{m['train_seconds'] + m['eval_seconds']:6.1f}s")
             else:
-                progress.console.print(f"[red]failed[/] {spec.method:<12} {spec.task:<18} seed "
-                                       f"{spec.seed:<5} {escape(str(record['error']))}")
+                progress.console.print(f"[red]failed[/] {what} {escape(str(record['error']))}")
 
-        opts = EngineOptions(device=device, workers=args.workers,
-                             progress=None if args.quiet else progress)
-        outcome = run_local(specs, suite, root, store, opts, force=args.force, on_done=on_done)
-    elapsed = time.perf_counter() - t0
-    console.print(f"{len(outcome.ran)} ran, {len(outcome.skipped)} already done, "
-                  f"{len(outcome.busy)} running elsewhere, {len(outcome.failed)} failed "
-                  f"in {elapsed:.1f}s")
-    report = build_report(store, suite, args.stage)
-    if not report.mean.empty:
-        console.print(rich_table(report.restrict({m.name for m in methods})))
-    for spec, error in outcome.failed:
-        err_console.print(f"[red]failed[/] {spec.method}/{spec.task}/seed {spec.seed}: {escape(str(error))} "
-                          f"(record: {store.record_path(spec)})")
-    return 1 if outcome.failed else 0
+        opts.progress = None if args.quiet else progress
+        return run_local(specs, suite, root, store, opts, force=args.force, on_done=on_done)
 
 
 # --------------------------------------------------------------------------------------- list
@@ -296,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default)")
     r.add_argument("--tasks", help="comma-separated tasks (names or aliases; default: all)")
     r.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
-    r.add_argument("--stage", default="final", help="protocol stage: final (default) or tune")
+    r.add_argument("--protocol", choices=("fixed", "vtab"),
+                   help="vtab: tune over each method's grid on the tune split, then final with the "
+                        "best point for every seed; fixed: one stage with the given hyperparameters "
+                        "(default: the suite's; vtab for vtab1k and fgvc, fixed for the demo)")
+    r.add_argument("--stage", help="with --protocol fixed: final (default) or tune")
     r.add_argument("--data-root", help="folder with the suite's task folders (the demo makes its own)")
     r.add_argument("--backbone", help="timm model name (default: the suite's)")
     r.add_argument("--checkpoint", help="local weights for the backbone: .npz, .pth or .safetensors")

@@ -22,6 +22,7 @@ from .errors import UserError
 
 FORMATS = ("vtab1k-folder", "fgvc-json", "demo")
 TRANSFORMS = ("resize", "crop-flip")
+PROTOCOLS = ("fixed", "vtab")
 STAGES = ("tune", "final")
 
 
@@ -57,7 +58,9 @@ class Suite:
     splits: dict[str, tuple[str, str]]
     tasks: tuple[Task, ...]
     transform: str = "resize"
+    protocol: str = "fixed"
     hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    grid: dict[str, dict[str, list]] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
     def task(self, name: str) -> Task:
@@ -79,7 +82,8 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "description": (str, False), "format": (str, True),
     "image_size": (int, True), "backbone": (str, True), "seeds": (list, False),
     "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
-    "transform": (str, False), "hparams": (dict, False),
+    "transform": (str, False), "hparams": (dict, False), "protocol": (str, False),
+    "grid": (dict, False),
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
@@ -127,6 +131,18 @@ def parse_suite(data: dict, src: str) -> Suite:
     transform = data.get("transform", "resize")
     if transform not in TRANSFORMS:
         raise UserError(f"{src}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}")
+    protocol = data.get("protocol", "fixed")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"{src}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    grid = data.get("grid", {})
+    for method, table in grid.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{src}: [grid.{method}] must be a table of hyperparameter = [values]")
+        for key, values in table.items():
+            if not (isinstance(values, list) and values and all(isinstance(v, (int, float, str)) for v in values)):
+                raise UserError(f"{src}: grid.{method}.{key} must be a non-empty array of values, got {values!r}")
+    if protocol == "vtab" and "tune" not in data["splits"]:
+        raise UserError(f"{src}: protocol 'vtab' needs a tune stage in [splits]")
     if data["image_size"] <= 0:
         raise UserError(f"{src}: image_size must be positive, got {data['image_size']}")
     seeds = data.get("seeds", [42])
@@ -171,7 +187,8 @@ def parse_suite(data: dict, src: str) -> Suite:
                  image_size=data["image_size"], backbone=data["backbone"], seeds=tuple(seeds),
                  groups=tuple(groups) or tuple(dict.fromkeys(t.group for t in tasks)),
                  splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
-                 transform=transform, hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
+                 transform=transform, protocol=protocol, grid=grid,
+                 hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
                  path=src)
 
 

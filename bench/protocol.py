@@ -1,0 +1,79 @@
+"""The evaluation protocols: `fixed` (one stage, given hyperparameters) and `vtab` (as in VPT).
+
+`vtab`: the `tune` stage trains on the suite's tune split (VTAB-1k: train800) and evaluates the
+last epoch on its validation split (val200) for every point of the method's grid, with the first
+seed; the best point (ties to the smaller lr, then the smaller weight decay) is retrained in the
+`final` stage (train800val200 -> test) for every seed. Only tune records choose anything: the
+test split is never read before the final stage. Both stages are ordinary runs with ordinary
+records, so skip-on-rerun, status and reports work for them unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Any
+
+from .errors import UserError
+from .launch import parse_overrides
+from .registry import Method
+from .store import RunSpec, Store
+from .suite import Suite
+
+PROTOCOLS = ("fixed", "vtab")
+
+
+def method_grid(method: Method, suite: Suite, overrides: list[str]) -> dict[str, list[Any]]:
+    """The method's grid, narrowed by the suite's `[grid.<method>]` and by `--set` (a value the
+    user fixed on the command line is not searched over)."""
+    grid = dict(method.grid or {})
+    for name in (method.name, *method.aliases):
+        for key, values in suite.grid.get(name, {}).items():
+            if key not in method.defaults:
+                raise UserError(f"{suite.path} [grid.{name}]: method {method.name!r} has no "
+                                f"hyperparameter {key!r}")
+            grid[key] = list(values)
+    fixed = {key for scope, key, _ in parse_overrides(overrides)
+             if scope is None or scope in (method.name, *method.aliases)}
+    return {k: v for k, v in grid.items() if k not in fixed}
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def tune_specs(base: list[RunSpec], grids: dict[str, dict[str, list[Any]]]) -> list[RunSpec]:
+    """One tune-stage spec per (method, task) and grid point; `base` are one seed's final specs."""
+    specs = []
+    for spec in base:
+        for point in grid_points(grids[spec.method]):
+            specs.append(replace(spec, stage="tune", hparams={**spec.hparams, **point}))
+    return specs
+
+
+def _preference(spec: RunSpec, top1: float) -> tuple:
+    hp = spec.hparams
+    return (-top1, hp.get("lr", 0.0), hp.get("weight_decay", 0.0), spec.run_id)
+
+
+def select(store: Store, tune: list[RunSpec]) -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """Best hyperparameters per (method, task) from complete tune stages, and why others wait."""
+    cells: dict[tuple[str, str], list[RunSpec]] = {}
+    for spec in tune:
+        cells.setdefault((spec.method, spec.task), []).append(spec)
+    best, waiting = {}, []
+    for cell, specs in cells.items():
+        records = [(s, store.read(s)) for s in specs]
+        not_ok = [s for s, r in records if r is None or r.get("status") != "ok"]
+        if not_ok:
+            waiting.append(f"{cell[0]}/{cell[1]}: {len(not_ok)} of {len(specs)} tune runs not ok yet")
+            continue
+        chosen = min(records, key=lambda sr: _preference(sr[0], sr[1]["metrics"]["top1"]))
+        best[cell] = chosen[0].hparams
+    return best, waiting
+
+
+def final_specs(base: list[RunSpec], best: dict[tuple[str, str], dict]) -> list[RunSpec]:
+    return [replace(s, stage="final", hparams=best[(s.method, s.task)])
+            for s in base if (s.method, s.task) in best]
