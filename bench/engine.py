@@ -91,7 +91,6 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
 
     model, mean, std = build_model(spec, task.num_classes)
     model.to(device)
-    counts = model.param_counts()
     gflops = forward_gflops(model, spec.image_size, device)
 
     train_set = ImageDataset(train_items.items, build_transforms(suite, mean, std, train=True), cache=True)
@@ -127,6 +126,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                model.after_optimizer_step()
                 scheduler.step()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -162,6 +162,8 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         if opts.progress is not None:
             opts.progress.remove_task(ebar)
 
+    counts = model.param_counts()  # after training: pruning methods count what survived
+    method_metrics = model.run_metrics()
     metrics = {
         "top1": top1,
         "eval_split": eval_split,
@@ -176,5 +178,6 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         "inference_throughput": len(eval_set) / eval_seconds if eval_seconds else None,
         "gflops_per_image": gflops,
         "final_train_loss": curve[-1]["train_loss"] if curve else None,
+        **{k: v for k, v in method_metrics.items() if k not in counts},
     }
-    return {"metrics": metrics, "curve": curve, "method_metrics": model.run_metrics()}
+    return {"metrics": metrics, "curve": curve, "method_metrics": method_metrics}

@@ -84,6 +84,9 @@ class PeftModel(nn.Module):
         """An extra loss term added to the task loss at every step (e.g. LION's pruning pull)."""
         return None
 
+    def after_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. to project weights or re-apply a mask)."""
+
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         """Called after each training epoch (0-based) with the total number of epochs."""
 

@@ -21,6 +21,8 @@ from .suite import Suite
 MISSING = "—"
 FLAT, GROUPS = "Mean (tasks)", "Mean (groups)"
 PARAMS, PARAMS_NO_HEAD = "Params (M)", "Params no head (M)"
+SOLVER = "Solver iters"  # mean forward fixed-point iterations, for implicit methods (LION)
+NOT_ACCURACY = (PARAMS, PARAMS_NO_HEAD, SOLVER)
 FORMATS = ("md", "latex", "csv")
 
 
@@ -42,7 +44,7 @@ class Report:
 
     @property
     def accuracy_columns(self) -> list[str]:
-        return [c for c in self.mean.columns if c not in (PARAMS, PARAMS_NO_HEAD)]
+        return [c for c in self.mean.columns if c not in NOT_ACCURACY]
 
     def restrict(self, methods: set[str]) -> "Report":
         keep = self.mean.index.isin(methods)
@@ -129,6 +131,9 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     params = df.groupby("method")[["trainable_params", "trainable_params_no_head"]].mean() / 1e6
     table[PARAMS] = params["trainable_params"].reindex(methods)
     table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
+    iters = [c for c in ("input_mean_iterations", "output_mean_iterations") if c in df.columns]
+    if iters:
+        table[SOLVER] = df.groupby("method")[iters].mean().mean(axis=1).reindex(methods)
     published = None
     if compare_published:
         published = published_frame(suite)
@@ -175,6 +180,8 @@ def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
             continue
         if col == PARAMS:
             out[col] = [_fmt_params(v) for v in report.mean[col]]
+        elif col == SOLVER:
+            out[col] = [MISSING if pd.isna(v) else f"{v:.1f}" for v in report.mean[col]]
         elif col in report.tasks:
             out[col] = [_fmt(report.mean.loc[m, col], report.std.loc[m, col]) for m in report.mean.index]
         else:
@@ -183,6 +190,7 @@ def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
     for name, row in comparison.iterrows():
         delta = "−" in name
         out.loc[name] = [
+            MISSING if c == SOLVER else
             (MISSING if pd.isna(row[c]) else f"{row[c]:+.1f}") if delta and c != PARAMS
             else (_fmt_params(row[c]) if c == PARAMS else _fmt(row[c]))
             for c in out.columns]
@@ -211,7 +219,7 @@ def latex_table(report: Report) -> str:
     """A booktabs table for \\input: tasks grouped under their group names, the best value of
     each accuracy column in bold and the second underlined."""
     numeric = report.mean.drop(columns=[PARAMS_NO_HEAD])
-    acc_cols = [c for c in numeric.columns if c != PARAMS]
+    acc_cols = [c for c in numeric.columns if c not in NOT_ACCURACY]
     ranks = numeric[acc_cols].rank(axis=0, method="min", ascending=False)
     cells = pd.DataFrame(index=numeric.index, columns=numeric.columns, dtype=object)
     for m in numeric.index:
@@ -219,6 +227,9 @@ def latex_table(report: Report) -> str:
             v = numeric.loc[m, c]
             if c == PARAMS:
                 cells.loc[m, c] = _fmt_params(v)
+                continue
+            if c == SOLVER:
+                cells.loc[m, c] = "--" if pd.isna(v) else f"{v:.1f}"
                 continue
             std = report.std.loc[m, c] if c in report.std.columns else None
             text = MISSING if pd.isna(v) else (
