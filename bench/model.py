@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import UserError
 
 
 def make_head(embed_dim: int, num_classes: int) -> nn.Linear:
@@ -25,6 +28,21 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def check_cls_vit(backbone: nn.Module, method: str) -> None:
+    """Refuse, with the reason, a backbone whose token sequence `method` cannot work on: it
+    needs timm's VisionTransformer with one CLS token (no register or distillation tokens), read
+    out by CLS pooling."""
+    if not isinstance(backbone, VisionTransformer):
+        raise UserError(f"{method} needs a timm VisionTransformer backbone, got {type(backbone).__name__}")
+    if backbone.cls_token is None or backbone.num_prefix_tokens != 1:
+        raise UserError(f"{method} needs a ViT with exactly one class token and no register or "
+                        f"distillation tokens; this one has {backbone.num_prefix_tokens} prefix tokens")
+    if backbone.global_pool != "token":
+        raise UserError(f"{method} reads the CLS token; this ViT pools with {backbone.global_pool!r}")
+    if getattr(backbone, "attn_pool", None) is not None:
+        raise UserError(f"{method} cannot use a ViT with attention pooling")
 
 
 class PeftModel(nn.Module):

@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     x_train, y_train = load_fashion_mnist(args.data, "train")
     x_test, y_test = load_fashion_mnist(args.data, "test")
     model = peftbench_demo_vit(pretrained=False, num_classes=10)
-    decay = [p_ for n, p_ in model.named_parameters() if p_.ndim > 1 and "pos_embed" not in n and "cls_token" not in n]
-    no_decay = [p_ for n, p_ in model.named_parameters() if not (p_.ndim > 1 and "pos_embed" not in n and "cls_token" not in n)]
+    def decays(name: str, param: torch.Tensor) -> bool:
+        return param.ndim > 1 and "pos_embed" not in name and "cls_token" not in name
+
+    decay = [p_ for n, p_ in model.named_parameters() if decays(n, p_)]
+    no_decay = [p_ for n, p_ in model.named_parameters() if not decays(n, p_)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from bench.methods.vpt import check_vit
-from bench.model import PeftModel, freeze, make_head
+from bench.model import PeftModel, check_cls_vit, freeze, make_head
 from bench.registry import register_method
 
 
@@ -176,7 +175,7 @@ class EquilibriumLayer(nn.Module):
 
 class LIONModel(PeftModel):
     def __init__(self, backbone, num_classes: int, hp: dict):
-        check_vit(backbone, "lion")
+        check_cls_vit(backbone, "lion")
         freeze(backbone)
         super().__init__(backbone, make_head(backbone.embed_dim, num_classes), frozen_backbone=True)
         opts = dict(solver=hp["solver"], max_iter=hp["max_iter"], tol=hp["tol"], backward=hp["backward"],

@@ -22,25 +22,12 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
 from bench.errors import UserError
-from bench.model import PeftModel, freeze, make_head
+from bench.model import PeftModel, check_cls_vit, freeze, make_head
 from bench.registry import register_method
 
 # VPT's grid (Jia et al. 2022, Appendix): base lr for a batch of 256, weight decay.
 VPT_GRID = {"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
             "weight_decay": [0.01, 0.001, 0.0001, 0.0]}
-
-
-def check_vit(backbone: nn.Module, method: str) -> None:
-    """Refuse, with a reason, the timm models the prompt insertion cannot handle."""
-    if not isinstance(backbone, VisionTransformer):
-        raise UserError(f"{method} needs a timm VisionTransformer backbone, got {type(backbone).__name__}")
-    if backbone.cls_token is None or backbone.num_prefix_tokens != 1:
-        raise UserError(f"{method} needs a ViT with exactly one class token and no register or "
-                        f"distillation tokens; this one has {backbone.num_prefix_tokens} prefix tokens")
-    if backbone.global_pool != "token":
-        raise UserError(f"{method} reads the CLS token; this ViT pools with {backbone.global_pool!r}")
-    if getattr(backbone, "attn_pool", None) is not None:
-        raise UserError(f"{method} cannot use a ViT with attention pooling")
 
 
 def prompt_init_bound(backbone: VisionTransformer) -> float:
@@ -51,7 +38,7 @@ def prompt_init_bound(backbone: VisionTransformer) -> float:
 class VPTModel(PeftModel):
     def __init__(self, backbone: VisionTransformer, num_classes: int, prompt_length: int,
                  deep: bool, dropout: float):
-        check_vit(backbone, "vpt-deep" if deep else "vpt-shallow")
+        check_cls_vit(backbone, "vpt-deep" if deep else "vpt-shallow")
         if prompt_length < 1:
             raise UserError(f"prompt_length must be at least 1, got {prompt_length}")
         freeze(backbone)
