@@ -207,7 +207,7 @@ def cmd_list(args) -> int:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from .store import Store
+    from .store import RunSpec, Store
     from .suite import load_suite
 
     store = Store(args.results)
@@ -220,7 +220,6 @@ def cmd_status(args) -> int:
         state: dict[tuple[str, str], dict[str, int]] = {}
         records = {r["run_id"]: r for r in store.records(name)}
         for run_id, rec in records.items():
-            from .store import RunSpec
             planned.setdefault(run_id, RunSpec.from_dict(rec["spec"]))
         for run_id, spec in planned.items():
             cell = state.setdefault((spec.method, spec.task), {"ok": 0, "failed": 0, "running": 0, "pending": 0})
