@@ -119,7 +119,6 @@ class EquilibriumLayer(nn.Module):
             raise UserError(f"lion: backward must be implicit or phantom, got {backward!r}")
         if not 0 < contraction < 1:
             raise UserError(f"lion: contraction must be in (0, 1), got {contraction}")
-        self.conv = conv
         if conv:
             self.A = nn.Conv2d(width, width, 3, padding=1, bias=False)
             self.B = nn.Conv2d(dim, width, 3, padding=1)
@@ -130,7 +129,7 @@ class EquilibriumLayer(nn.Module):
             self.G = nn.Linear(width, dim)
         nn.init.zeros_(self.G.weight)
         nn.init.zeros_(self.G.bias)
-        self.width, self.solver, self.max_iter, self.tol = width, solver, max_iter, tol
+        self.solver, self.max_iter, self.tol = solver, max_iter, tol
         self.backward_mode, self.contraction = backward, contraction
         self.project()
         self.stats = {"calls": 0, "iterations": 0.0, "residual": 0.0}
