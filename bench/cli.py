@@ -61,6 +61,13 @@ def cmd_run(args) -> int:
     from .store import Store
     from .suite import load_suite
 
+    from .submit import require_sbatch
+
+    if args.executor == "slurm":
+        require_sbatch()  # before anything is made or written
+    if args.executor == "local" and (args.wait or args.chunk):
+        raise UserError("--wait and --chunk go with --executor slurm or submitit-local; "
+                        "--executor local (the default) always runs in this process and waits")
     _load_plugins(args)
     suite = load_suite(args.suite)
     methods = select_methods(args.methods)
@@ -88,7 +95,10 @@ def cmd_run(args) -> int:
     from .engine import EngineOptions
     from .report import build_report, rich_table
 
-    device = _device(args.device)
+    if args.executor != "local":
+        slurm = _slurm_options(args)
+    # Jobs pick their device where they run: a login node without a GPU must not refuse cuda.
+    device = _device(args.device) if args.executor == "local" else None
     threads = set_threads(args.threads)
     # Everything a run needs from the user is checked before the first run starts, so bad input
     # fails in seconds with one message and leaves nothing in the results root. (Only split
@@ -100,7 +110,9 @@ def cmd_run(args) -> int:
     create_backbone(backbone, args.checkpoint, img_size=suite.image_size)
 
     store = Store(args.results)
-    opts = EngineOptions(device=device, workers=args.workers)
+    if args.executor != "local":
+        return _submit_runs(args, suite, methods, protocol, base, tune, grids if tune else {}, root, store, slurm)
+    opts = EngineOptions(device=device, workers=args.workers, checkpoint_interval=args.checkpoint_interval)
     console.print(f"[bold]{suite.name}[/]: {len(methods)} methods x {len(tasks)} tasks x {len(seeds)} "
                   f"seeds, protocol {protocol} on {device} ({threads} threads); records in "
                   f"{store.root}/{suite.name}")
@@ -134,6 +146,133 @@ def cmd_run(args) -> int:
         err_console.print(f"[red]failed[/] {spec.stage} {spec.method}/{spec.task}/seed {spec.seed}: "
                           f"{escape(str(error))} (record: {store.record_path(spec)})")
     return 1 if total.failed or waiting else 0
+
+
+def _slurm_options(args):
+    from .submit import parse_extra, slurm_options, user_config_path
+
+    cli = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job,
+           "mem": args.mem, "time": args.time, "array_parallelism": args.array_parallelism,
+           "account": args.account, "qos": args.qos, "constraint": args.constraint,
+           "extra": parse_extra(args.slurm_extra), "chunk": args.chunk}
+    return slurm_options(user_config_path(args.config), cli)
+
+
+def _submit_runs(args, suite, methods, protocol, base, tune, grids, root, store, slurm) -> int:
+    """Submit what is not ok and not already queued as one array; with --wait, follow it (and,
+    under the vtab protocol, submit the final stage once the tune runs it needs are ok)."""
+    from .protocol import final_specs, select
+    from .report import build_report, rich_table
+    from .submit import RunContext, job_states, submit
+
+    ctx = RunContext(suite_path=str(suite.path), data_root=str(Path(root).resolve()),
+                     results=str(store.root.resolve()),
+                     plugins=[str(Path(p).expanduser().resolve()) for p in args.plugin or []],
+                     device=args.device, threads=args.threads or slurm.cpus_per_job,
+                     checkpoint_interval=args.checkpoint_interval)
+    command = "bench " + " ".join(sys.argv[1:])
+    console.print(f"[bold]{suite.name}[/]: {len(methods)} methods, protocol {protocol}, "
+                  f"executor {args.executor}; records in {store.root}/{suite.name}")
+    submitted: set[str] = set()
+    failures = 0
+    while True:
+        states = job_states(store, suite.name)
+
+        def todo(specs):
+            keep = []
+            for s in specs:
+                job = states.get(s.run_id)
+                if s.run_id in submitted or (job is not None and job.active) or store.is_running(s):
+                    continue
+                if args.force or not store.is_ok(s):
+                    keep.append(s)
+            return keep
+
+        waiting: list[str] = []
+        if tune:
+            store.save_plan(suite.name, tune)
+            best, waiting = select(store, tune)
+            final = final_specs(base, best)
+            specs = todo(tune) + todo(final)
+        else:
+            final = base
+            specs = todo(base)
+        if final:
+            store.save_plan(suite.name, final)
+        if not specs:
+            if not submitted:
+                console.print("nothing to submit: every run is ok or already queued "
+                              f"(`bench status --suite {suite.name}` shows them)")
+            break
+        sub = submit(specs, ctx, args.executor, slurm, store, suite.name, command)
+        submitted.update(s.run_id for s in specs)
+        first = sub.jobs[0].job_id.split("_")[0]
+        console.print(f"submitted {len(specs)} runs as {len(sub.jobs)} array tasks (job {first}, "
+                      f"submission {sub.id}); logs in {sub.folder}")
+        if not args.wait:
+            break
+        failures = _watch(sub, store)
+        if not tune:
+            break
+    if tune and waiting:
+        console.print(f"[yellow]final stage waits[/] for the tune runs of {len(waiting)} cells; "
+                      "run the same command again once they are ok (`bench status` shows them)")
+    if not args.wait:
+        console.print(f"follow it: bench status --suite {suite.name}; stop it: bench cancel --suite {suite.name}")
+        return 0
+    report = build_report(store, suite, base[0].stage if base else "final")
+    if not report.mean.empty:
+        console.print(rich_table(report.restrict({m.name for m in methods})))
+    return 1 if failures or (tune and waiting) else 0
+
+
+def _watch(sub, store) -> int:
+    """Block until every array task of `sub` is done, with a live table; returns failed runs.
+
+    Never calls `job.result()`: one failed task raises there and hides the others (submitit
+    issue 1628). Done-ness comes from submitit, run outcomes from the records.
+    """
+    from rich.live import Live
+    from rich.table import Table
+
+    run_ids = [rid for j in sub.manifest["jobs"] for rid in j["run_ids"]]
+    plans = {s.run_id: s for s in store.planned_specs(sub.suite)}
+    specs = {rid: plans[rid] for rid in run_ids if rid in plans}
+    poll = float(os.environ.get("PEFTBENCH_POLL_SECONDS", "5"))
+
+    def snapshot():
+        done = [job.done() for job in sub.jobs]
+        job_of = {rid: (job, d) for job, d, j in zip(sub.jobs, done, sub.manifest["jobs"]) for rid in j["run_ids"]}
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for rid, spec in specs.items():
+            job, finished = job_of[rid]
+            rec = store.read(spec)
+            if rec is not None and rec.get("status") == "ok":
+                state = "ok"
+            elif store.is_running(spec):
+                state = "running"
+            elif finished:  # a failed record, or the job died before writing one
+                state = "failed"
+            else:
+                state = "queued"
+            row = counts.setdefault((spec.stage, spec.method), {"ok": 0, "failed": 0, "running": 0, "queued": 0})
+            row[state] += 1
+        table = Table(title=f"submission {sub.id}: {sum(done)}/{len(done)} array tasks done")
+        for col in ("stage", "method", "ok", "failed", "running", "queued"):
+            table.add_column(col, justify="left" if col in ("stage", "method") else "right")
+        for (stage, method), c in sorted(counts.items()):
+            table.add_row(stage, method, str(c["ok"]), f"[red]{c['failed']}[/]" if c["failed"] else "0",
+                          str(c["running"]), str(c["queued"]))
+        return all(done), table, sum(c["failed"] for c in counts.values())
+
+    finished, table, failed = snapshot()
+    with Live(table, console=console, refresh_per_second=1, transient=not console.is_terminal) as live:
+        while not finished:
+            time.sleep(poll)
+            finished, table, failed = snapshot()
+            live.update(table)
+    console.print(table)
+    return failed
 
 
 def _merge(total, part) -> None:
@@ -208,6 +347,7 @@ def cmd_status(args) -> int:
     from rich.table import Table
 
     from .store import RunSpec, Store
+    from .submit import job_states, run_state, submissions
     from .suite import load_suite
 
     store = Store(args.results)
@@ -215,34 +355,82 @@ def cmd_status(args) -> int:
     if not suites:
         console.print(f"no runs under {store.root}")
         return 0
+    any_failed = False
     for name in suites:
         planned = {s.run_id: s for s in store.planned_specs(name)}
-        state: dict[tuple[str, str], dict[str, int]] = {}
         records = {r["run_id"]: r for r in store.records(name)}
         for run_id, rec in records.items():
             planned.setdefault(run_id, RunSpec.from_dict(rec["spec"]))
+        jobs = job_states(store, name)
+        kinds = ("ok", "failed", "running", "queued", "pending")
+        state: dict[tuple[str, str], dict] = {}
+        failures = []
         for run_id, spec in planned.items():
-            cell = state.setdefault((spec.method, spec.task), {"ok": 0, "failed": 0, "running": 0, "pending": 0})
-            rec = records.get(run_id)
-            if rec is not None and rec.get("status") == "ok":
-                cell["ok"] += 1
-            elif store.is_running(spec):
-                cell["running"] += 1
-            elif rec is not None:
-                cell["failed"] += 1
-            else:
-                cell["pending"] += 1
+            cell = state.setdefault((spec.method, spec.task), {**{k: 0 for k in kinds}, "jobs": []})
+            job = jobs.get(run_id)
+            what, why = run_state(store, spec, records.get(run_id), job)
+            cell[what] += 1
+            if what != "ok" and job is not None:
+                cell["jobs"].append(job.job_id)
+            if what == "failed":
+                failures.append((spec, why, records.get(run_id), job))
         table = Table(title=f"{name} · runs per cell")
-        for col in ("method", "task", "ok", "failed", "running", "pending"):
-            table.add_column(col, justify="left" if col in ("method", "task") else "right")
-        totals = {"ok": 0, "failed": 0, "running": 0, "pending": 0}
+        for col in ("method", "task", *kinds, "jobs not ok"):
+            table.add_column(col, justify="right" if col in kinds else "left")
+        totals = {k: 0 for k in kinds}
         for (method, task), c in sorted(state.items()):
-            for k in totals:
+            for k in kinds:
                 totals[k] += c[k]
+            ids = list(dict.fromkeys(c["jobs"]))
             table.add_row(method, task, str(c["ok"]), f"[red]{c['failed']}[/]" if c["failed"] else "0",
-                          str(c["running"]), str(c["pending"]))
+                          *(str(c[k]) for k in kinds[2:]),
+                          ", ".join(ids[:4]) + (f" +{len(ids) - 4}" if len(ids) > 4 else ""))
         console.print(table)
         console.print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
+        subs = submissions(store, name)
+        if subs:
+            last = subs[-1]
+            console.print(f"latest submission {last['id']} ({last['executor']}, {len(last['jobs'])} array "
+                          f"tasks): {last['folder']}")
+        if failures:
+            any_failed = True
+            if not args.failed:
+                console.print(f"[red]{len(failures)} failed[/]: `bench status --suite {name} --failed` "
+                              "shows why; `bench run` with the same arguments retries only those")
+        if args.failed:
+            for spec, why, rec, job in failures:
+                console.print(f"[red]failed[/] {spec.stage} {spec.method}/{spec.task} seed {spec.seed}: "
+                              f"{escape(str(why))}")
+                if rec is not None:
+                    console.print(f"  record: {rec['_path']}")
+                log = (rec or {}).get("job", {}).get("stderr") or (job.stderr if job else None)
+                if log:
+                    console.print(f"  log:    {log}")
+    return 1 if args.failed and any_failed else 0
+
+
+def cmd_cancel(args) -> int:
+    from .store import Store
+    from .submit import cancel, submissions
+    from .suite import load_suite
+
+    store = Store(args.results)
+    name = load_suite(args.suite).name
+    subs = submissions(store, name)
+    if not subs:
+        raise UserError(f"no submissions of suite {name!r} under {store.root}/_submissions")
+    if args.submission:
+        subs = [s for s in subs if s["id"] == args.submission]
+        if not subs:
+            raise UserError(f"--submission {args.submission}: no such submission of suite {name!r}; "
+                            "`bench status` names the latest")
+    elif not args.all:
+        subs = subs[-1:]
+    cancelled = cancel(store, subs)
+    for sub in subs:
+        console.print(f"cancelled submission {sub['id']} ({sub['executor']}): "
+                      f"{', '.join(x for x in cancelled) or 'no job left to cancel'}")
+    console.print(f"runs that had finished keep their records; `bench status --suite {name}` shows the rest")
     return 0
 
 
@@ -354,7 +542,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     r.add_argument("--plugin", action="append", metavar="FILE.py", help="register methods from a file")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--checkpoint-interval", type=float, default=120.0, metavar="SECONDS",
+                   help="save a run's epoch checkpoint at most this often, so a killed or preempted run "
+                        "resumes (default 120; 0: after every epoch)")
     results_opt(r)
+    c = r.add_argument_group("cluster (see the README's Cluster section)")
+    c.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                   help="local: this process, one run after another (default); slurm: a SLURM job array "
+                        "through submitit; submitit-local: parallel processes on this machine")
+    c.add_argument("--partition", help="SLURM partition")
+    c.add_argument("--gpus-per-job", type=int, help="GPUs per array task (default 0)")
+    c.add_argument("--cpus-per-job", type=int, help="CPUs per array task, also its torch threads (default 2)")
+    c.add_argument("--mem", help="memory per array task, as SLURM's --mem (e.g. 32G)")
+    c.add_argument("--time", type=int, metavar="MINUTES", help="time limit per array task (default 240); "
+                   "a task that reaches it is requeued and resumes from its checkpoint")
+    c.add_argument("--array-parallelism", type=int, help="array tasks running at once (default 64)")
+    c.add_argument("--account", help="SLURM account")
+    c.add_argument("--qos", help="SLURM QOS")
+    c.add_argument("--constraint", help="SLURM node constraint")
+    c.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE",
+                   help="any other sbatch option, passed to submitit's slurm_additional_parameters")
+    c.add_argument("--chunk", type=int, metavar="N", help="runs per array task, one after another (default 1)")
+    c.add_argument("--wait", action="store_true", help="block with a live table until the array is done")
+    c.add_argument("--config", help="config file with a [slurm] section of defaults "
+                   "(default: $PEFTBENCH_CONFIG or ~/.config/peftbench/config.toml)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="registered methods with their defaults, and suites with their tasks")
@@ -364,8 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="ok / failed / running / pending runs per suite x method x task")
     st.add_argument("--suite", help="one suite (default: every suite under the results root)")
+    st.add_argument("--failed", action="store_true", help="list each failed run with its error and log")
     results_opt(st)
     st.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel the jobs of a submission (the latest by default)")
+    cn.add_argument("--suite", required=True)
+    cn.add_argument("--submission", help="a submission id (see `bench status`); default: the latest")
+    cn.add_argument("--all", action="store_true", help="every submission of the suite")
+    results_opt(cn)
+    cn.set_defaults(func=cmd_cancel)
 
     rp = sub.add_parser("report", help="paper-style table (terminal, Markdown, LaTeX, CSV) and plots")
     rp.add_argument("--suite", required=True)

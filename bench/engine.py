@@ -7,9 +7,11 @@ Training keeps loss and accuracy sums on the device, so a step never waits for t
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,11 @@ class EngineOptions:
     device: torch.device
     workers: int = 0
     progress: Any = None  # a rich.progress.Progress, or None for silence
+    # Where this run keeps its epoch checkpoint (None: no checkpoints), and the least number of
+    # seconds between two saves: a save costs a write of the trainable state and the optimizer,
+    # which for full fine-tuning of a ViT-B is about 1 GB, so not after every short epoch.
+    checkpoint_path: Path | None = None
+    checkpoint_interval: float = 120.0
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -48,6 +55,42 @@ def build_model(spec: RunSpec, num_classes: int) -> tuple[PeftModel, tuple, tupl
     backbone = create_backbone(spec.backbone, spec.checkpoint, img_size=spec.image_size)
     model = get_method(spec.method).build(backbone.model, num_classes, dict(spec.hparams))
     return model, backbone.mean, backbone.std
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "loader": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["loader"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a job preempted in the middle of a save keeps the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | None, spec: RunSpec) -> dict[str, Any] | None:
+    """The run's checkpoint, or None when there is none (or it belongs to another spec)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a truncated file from a crash: start the run afresh
+        return None
+    return state if state.get("run_id") == spec.run_id else None
 
 
 def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimizer:
@@ -104,13 +147,26 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, hp["warmup_epochs"] * steps_per_epoch, total_steps))
 
-    label = f"{spec.method} · {spec.task} · seed {spec.seed}"
-    bar = _progress_task(opts.progress, f"train {label}", total_steps)
-    curve = []
+    curve: list[dict[str, Any]] = []
     train_seconds = 0.0
     train_images = 0
+    start_epoch = 0
+    resumed = load_checkpoint(opts.checkpoint_path, spec)
+    if resumed is not None:
+        model.load_trainable_state_dict(resumed["model"])
+        model.load_extra_state(resumed["extra"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        _set_rng_state(resumed["rng"], gen, device)
+        curve, train_seconds, train_images = resumed["curve"], resumed["train_seconds"], resumed["train_images"]
+        start_epoch = resumed["epoch"]
+    last_save = time.monotonic()
+
+    label = f"{spec.method} · {spec.task} · seed {spec.seed}"
+    bar = _progress_task(opts.progress, f"train {label}", total_steps)
+    _advance(opts.progress, bar, start_epoch * steps_per_epoch)
     with PeakMemory(device) as peak:
-        for epoch in range(hp["epochs"]):
+        for epoch in range(start_epoch, hp["epochs"]):
             model.train()
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -145,6 +201,14 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
             curve.append({"epoch": epoch + 1, "train_loss": mean_loss,
                           "train_acc": 100.0 * correct.item() / max(seen, 1),
                           "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+            if (opts.checkpoint_path is not None and epoch + 1 < hp["epochs"]
+                    and time.monotonic() - last_save >= opts.checkpoint_interval):
+                save_checkpoint(opts.checkpoint_path, {
+                    "run_id": spec.run_id, "epoch": epoch + 1, "model": model.trainable_state_dict(),
+                    "extra": model.extra_state(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": _rng_state(gen, device), "curve": curve,
+                    "train_seconds": train_seconds, "train_images": train_images})
+                last_save = time.monotonic()
 
         if opts.progress is not None:
             opts.progress.remove_task(bar)
@@ -178,6 +242,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         "inference_throughput": len(eval_set) / eval_seconds if eval_seconds else None,
         "gflops_per_image": gflops,
         "final_train_loss": curve[-1]["train_loss"] if curve else None,
+        "resumed_from_epoch": start_epoch,
         **{k: v for k, v in method_metrics.items() if k not in counts},
     }
     return {"metrics": metrics, "curve": curve, "method_metrics": method_metrics}

@@ -7,6 +7,7 @@ task's `hparams` (same rule), then `--set key=value` and `--set method.key=value
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -151,20 +152,28 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opts) -> dict:
+def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opts,
+                 record_user_errors: bool = False, job: dict | None = None) -> dict:
     """Run one spec and write its record (ok, or failed with the error); returns the record.
 
-    Bad input (`UserError`, e.g. an unreadable image) is not a result of the run: it propagates
-    and no record is written, so nothing can be mistaken for a result later.
+    The run resumes from its epoch checkpoint if an earlier attempt left one. Bad input
+    (`UserError`, e.g. an unreadable image) is not a result of the run: at a terminal it
+    propagates and no record is written; in a batch job (`record_user_errors`) nobody is there
+    to read it, so it becomes a failed record that `bench status --failed` shows.
     """
     from . import engine  # torch-heavy: imported when a run really starts
     from .measure import environment
 
     record: dict[str, Any] = {"run_id": spec.run_id, "spec": spec.to_dict(), "started_at": now()}
+    if job:
+        record["job"] = job
+    opts = dataclasses.replace(opts, checkpoint_path=store.checkpoint_path(spec))
     try:
         out = engine.run(spec, suite, data_root, opts)
-    except UserError:
-        raise
+    except UserError as exc:
+        if not record_user_errors:
+            raise
+        record.update(status="failed", error=f"bad input: {exc}", traceback=None)
     except Exception as exc:  # noqa: BLE001 - any failure of the run itself becomes its record
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=20))

@@ -86,6 +86,13 @@ class PeftModel(nn.Module):
         if missing.unexpected_keys:
             raise KeyError(f"unexpected keys in trainable state: {missing.unexpected_keys}")
 
+    def extra_state(self) -> dict[str, Any]:
+        """Training state outside the trainable parameters (e.g. pruning masks), for checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned when a checkpointed run resumes."""
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Weight decay on matrices and embeddings, none on 1-D parameters (biases, norms)."""
         decay, no_decay = [], []

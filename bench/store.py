@@ -3,7 +3,9 @@
 Layout under the results root:
     <suite>/<method>/<task>/<run_id>.json    the run record (status ok or failed)
     <suite>/<method>/<task>/<run_id>.lock    held (flock) by the process running it, if any
+    <suite>/<method>/<task>/<run_id>.ckpt    the epoch checkpoint of an unfinished run
     <suite>/_plans/<plan_id>.json            what a `bench run` invocation asked for
+    _submissions/<id>/                       one SLURM/submitit submission: manifest and job logs
 
 Per-run files need no shared index, so concurrent writers (two shells, a SLURM array on NFS)
 cannot lose each other's results; a record appears whole or not at all (temp file + rename).
@@ -68,9 +70,14 @@ class Store:
         rec = self.read(spec)
         return rec is not None and rec.get("status") == "ok"
 
+    def checkpoint_path(self, spec: RunSpec) -> Path:
+        return self.cell_dir(spec) / f"{spec.run_id}.ckpt"
+
     def write(self, spec: RunSpec, record: dict) -> Path:
+        """Write the record; the run's checkpoint has served its purpose and goes."""
         path = self.record_path(spec)
         write_json_atomic(path, record)
+        self.checkpoint_path(spec).unlink(missing_ok=True)
         return path
 
     def claim(self, spec: RunSpec) -> "RunLock | None":

@@ -250,6 +250,17 @@ class LIONModel(PeftModel):
         if epoch + 1 == epochs:
             self.finalize_pruning()
 
+    def extra_state(self) -> dict:
+        return {"masks": {k: m.clone() for k, m in self.masks.items()}, "pruned": self.pruned,
+                "stats": [dict(layer.stats) for layer in self.layers()]}
+
+    def load_extra_state(self, state: dict) -> None:
+        device = self.head.weight.device
+        self.masks = {k: m.to(device) for k, m in state["masks"].items()}
+        self.pruned = state["pruned"]
+        for layer, stats in zip(self.layers(), state["stats"]):
+            layer.stats = dict(stats)
+
     def param_counts(self) -> dict[str, int]:
         counts = super().param_counts()
         pruned = sum(int((1 - m).sum()) for m in self.masks.values()) if self.pruned else 0

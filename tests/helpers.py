@@ -114,4 +114,4 @@ def bench(*args: str, cwd: Path | None = None, env: dict | None = None, timeout:
 
 
 def record_files(results: Path) -> list[Path]:
-    return sorted(p for p in results.rglob("*.json") if "_plans" not in p.parts and not p.name.startswith("."))
+    return sorted(p for p in results.rglob("*.json") if not {"_plans", "_submissions"} & set(p.parts) and not p.name.startswith("."))

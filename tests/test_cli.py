@@ -45,7 +45,7 @@ def test_run_records_then_skips_then_forces(toy_suite, tmp_path):
 
     status = bench("status", "--results", str(results))
     assert status.returncode == 0
-    assert "toy: 4 ok, 0 failed, 0 running, 0 pending" in status.stdout
+    assert "toy: 4 ok, 0 failed, 0 running, 0 queued, 0 pending" in status.stdout
 
     report = bench("report", "--suite", str(suite), "--results", str(results), "--out", str(tmp_path / "tables"))
     assert report.returncode == 0, report.stderr
@@ -64,7 +64,7 @@ def test_a_failed_run_is_recorded_the_suite_goes_on_and_a_rerun_retries_only_it(
     statuses = sorted(json.loads(p.read_text())["status"] for p in record_files(results))
     assert statuses == ["failed", "failed", "ok", "ok"]
     status = bench("status", "--results", str(results), "--suite", str(suite))
-    assert "toy: 2 ok, 2 failed, 0 running, 0 pending" in status.stdout
+    assert "toy: 2 ok, 2 failed, 0 running, 0 queued, 0 pending" in status.stdout
     retry = run_toy(suite, data, results, "--methods", "linear,full", "--set", "full.lr=1e30")
     assert "2 ran, 2 already done, 0 running elsewhere, 2 failed" in retry.stdout
 

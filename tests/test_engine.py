@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.data import resolve_data_root
+from bench import engine
 from bench.engine import DivergedError, EngineOptions, run
 from bench.launch import execute_spec, plan
 from bench.model import warmup_cosine
@@ -77,3 +78,47 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
     assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
     assert not math.isnan(warmup_cosine(5, 0, 0))
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL/preemption: not an Exception, so nothing records it as a failure."""
+
+
+@pytest.mark.parametrize("method", ["full", "lion"])
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_result(toy_suite, tmp_path, monkeypatch, method):
+    # LION prunes at epoch 2 of 4, so its masks must survive the restart too.
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, method, ["epochs=4", "warmup_epochs=1"])
+    spec = specs[0]
+    straight = run(spec, suite, data, CPU)
+    ckpt = tmp_path / "run.ckpt"
+    opts = EngineOptions(device=torch.device("cpu"), checkpoint_path=ckpt, checkpoint_interval=0)
+    real_save = engine.save_checkpoint
+    saves = []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(state["epoch"])
+        if state["epoch"] == 3:
+            raise _Killed
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        run(spec, suite, data, opts)
+    assert saves == [1, 2, 3] and ckpt.exists()
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    resumed = run(spec, suite, data, opts)
+    assert resumed["metrics"]["resumed_from_epoch"] == 3 and straight["metrics"]["resumed_from_epoch"] == 0
+    assert [c["train_loss"] for c in resumed["curve"]] == pytest.approx(
+        [c["train_loss"] for c in straight["curve"]], rel=1e-6)
+    assert resumed["metrics"]["top1"] == straight["metrics"]["top1"]
+    assert resumed["metrics"]["trainable_params"] == straight["metrics"]["trainable_params"]
+
+
+def test_a_checkpoint_of_another_spec_is_ignored(toy_suite, tmp_path):
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, "linear", ["epochs=2"], seeds=(0, 1))
+    ckpt = tmp_path / "run.ckpt"
+    engine.save_checkpoint(ckpt, {"run_id": specs[1].run_id, "epoch": 1})
+    out = run(specs[0], suite, data, EngineOptions(device=torch.device("cpu"), checkpoint_path=ckpt))
+    assert out["metrics"]["resumed_from_epoch"] == 0
