@@ -190,28 +190,28 @@ def _submit_runs(args, suite, methods, protocol, base, tune, grids, root, store,
 
         waiting: list[str] = []
         if tune:
-            store.save_plan(suite.name, tune)
             best, waiting = select(store, tune)
             final = final_specs(base, best)
             specs = todo(tune) + todo(final)
         else:
             final = base
             specs = todo(base)
-        if final:
-            store.save_plan(suite.name, final)
         if not specs:
             if not submitted:
                 console.print("nothing to submit: every run is ok or already queued "
                               f"(`bench status --suite {suite.name}` shows them)")
             break
         sub = submit(specs, ctx, args.executor, slurm, store, suite.name, command)
+        for stage_specs in (tune, final):  # plans only once the cluster took the array
+            if stage_specs:
+                store.save_plan(suite.name, stage_specs)
         submitted.update(s.run_id for s in specs)
         first = sub.jobs[0].job_id.split("_")[0]
         console.print(f"submitted {len(specs)} runs as {len(sub.jobs)} array tasks (job {first}, "
                       f"submission {sub.id}); logs in {sub.folder}")
         if not args.wait:
             break
-        failures = _watch(sub, store)
+        failures += _watch(sub, store)
         if not tune:
             break
     if tune and waiting:

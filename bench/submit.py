@@ -241,6 +241,10 @@ def submit(specs: list[RunSpec], ctx: RunContext, kind: str, options: SlurmOptio
         jobs = executor.map_array(ArrayTask(), [ctx] * len(chunks), [[s.to_dict() for s in c] for c in chunks])
     except Exception as exc:  # noqa: BLE001 - sbatch's refusal, word for word
         shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # leave no trace of a refused first submission
+        except OSError:
+            pass
         raise UserError(f"the cluster refused the array ({len(chunks)} tasks): {exc}".strip()) from None
     manifest = {
         "id": sub_id, "suite": suite, "executor": kind, "created": stamp, "command": command,

@@ -187,6 +187,18 @@ def test_scancel_of_a_running_job_shows_it_not_done_and_nothing_hangs(tmp_path):
     assert not record_files(results)
 
 
+@pytest.mark.slurm
+@needs_slurm
+def test_an_array_the_cluster_refuses_is_one_error_and_leaves_nothing(tmp_path):
+    results = tmp_path / "results"
+    out = run_bench("--suite", "demo", "--executor", "slurm", "--partition", "no-such-partition",
+                    "--methods", "linear", "--tasks", "mnist", results=results)
+    assert out.returncode == 2
+    assert "error: the cluster refused the array (1 tasks)" in out.stderr and "partition" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not [p for p in results.rglob("*") if p.is_file()]
+
+
 # ------------------------------------------------------------------------------ no cluster
 def test_slurm_executor_without_sbatch_fails_with_one_message_before_anything_is_written(tmp_path):
     empty = tmp_path / "bin"
@@ -242,3 +254,24 @@ def test_submitit_local_runs_an_array_as_parallel_processes(toy_suite, tmp_path)
     assert len({r["job"]["job_id"] for r in recs.values()}) == 2
     status = bench("status", "--results", str(results))
     assert "toy: 2 ok, 0 failed, 0 running, 0 queued, 0 pending" in status.stdout
+
+
+@pytest.mark.slow
+def test_vtab_protocol_in_arrays_submits_the_final_stage_once_its_tune_runs_are_ok(toy_suite, tmp_path):
+    suite, data = toy_suite
+    results = tmp_path / "results"
+    args = ("run", "--suite", str(suite), "--data-root", str(data), "--methods", "linear", "--protocol", "vtab",
+            "--set", "lr=10", "--set", "weight_decay=0", "--set", "epochs=3", "--executor", "submitit-local",
+            "--cpus-per-job", "1", "--quiet", "--results", str(results))
+    first = bench(*args, env=POLL)  # returns after submitting the tune stage
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "submitted 2 runs" in first.stdout and "final stage waits for the tune runs of 2 cells" in first.stdout
+    wait_for(lambda: len(record_files(results)) == 2, 300, "the tune runs")
+    assert {json.loads(p.read_text())["spec"]["stage"] for p in record_files(results)} == {"tune"}
+    second = bench(*args, "--wait", env=POLL)  # a second invocation submits the final stage
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "submitted 2 runs" in second.stdout and "waits" not in second.stdout
+    stages = sorted(json.loads(p.read_text())["spec"]["stage"] for p in record_files(results))
+    assert stages == ["final", "final", "tune", "tune"]
+    assert [len(m["jobs"]) for m in manifests(results)] == [2, 2]
+    assert "Mean (groups)" in second.stdout
