@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     create_backbone(backbone, args.checkpoint, img_size=suite.image_size)
 
     store = Store(args.results)
-    opts = EngineOptions(device=device, workers=args.workers)
+    opts = EngineOptions(device=device, workers=args.workers, precision=args.precision, compile=args.compile)
     console.print(f"[bold]{suite.name}[/]: {len(methods)} methods x {len(tasks)} tasks x {len(seeds)} "
                   f"seeds, protocol {protocol} on {device} ({threads} threads); records in "
                   f"{store.root}/{suite.name}")
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto (default): bf16 autocast on CUDA, fp32 on the CPU")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     r.add_argument("--plugin", action="append", metavar="FILE.py", help="register methods from a file")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     results_opt(r)

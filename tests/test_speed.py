@@ -1,17 +1,23 @@
 """Speed work that must not change results: decoded splits, batch loaders, cached features,
 precision and compile options. (Speed itself is measured by benchmarks/run.py, not asserted.)"""
 
+import functools
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bench import data
+from bench import accel, data, features
 from bench.data import (DecodedDataset, ImageDataset, batch_loader, build_transforms, decode_split,
                         read_split)
+from bench.engine import EngineOptions, build_model, run
 from bench.errors import UserError
+from bench.registry import get_method, register_method
 from bench.suite import load_suite
 from helpers import write_fgvc_task
+from test_engine import toy_specs
 
+CPU = EngineOptions(device=torch.device("cpu"))
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
@@ -103,3 +109,110 @@ def test_the_batch_loader_shuffles_exactly_as_dataloader_with_the_same_generator
     for _ in range(3):  # epochs: the generator advances the same way
         assert [b.tolist() for b in ours] == [b.tolist() for b in reference]
     assert torch.equal(gen_a.get_state(), gen_b.get_state())
+
+
+def test_the_linear_probe_on_cached_features_is_the_per_epoch_run(toy_suite):
+    suite_path, root = toy_suite
+    suite, specs = toy_specs(suite_path, "linear", ["epochs=4", "lr=1.0"])
+    cached = run(specs[0], suite, root, CPU)
+    per_epoch = run(specs[0], suite, root, EngineOptions(device=torch.device("cpu"), feature_cache=False))
+    assert cached["metrics"]["feature_cache"] is True and per_epoch["metrics"]["feature_cache"] is False
+    assert cached["metrics"]["feature_seconds"] > 0
+    assert cached["metrics"]["top1"] == per_epoch["metrics"]["top1"]
+    for a, b in zip(cached["curve"], per_epoch["curve"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_acc"] == b["train_acc"]
+
+
+def test_cached_features_train_the_same_head_weights(toy_suite):
+    suite_path, root = toy_suite
+    suite, specs = toy_specs(suite_path, "linear", ["epochs=2"])
+    spec = specs[0]
+    task = suite.task(spec.task)
+    heads = []
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        model, mean, std = build_model(spec, task.num_classes)
+        opts = EngineOptions(device=torch.device("cpu"), feature_cache=use_cache)
+        gen = torch.Generator().manual_seed(spec.seed)
+        items = read_split(suite, task, root, "train800val200")
+        train_set, train_loader = accel.loader(suite, items, mean, std, True, 10, gen, opts)
+        setup = accel.prepare(spec, suite, model, train_loader, train_loader, opts)
+        opt = torch.optim.SGD(setup.model.parameters(), lr=0.1, momentum=0.9)
+        setup.model.train()
+        for _ in range(2):
+            for x, y in setup.train_loader:
+                loss = torch.nn.functional.cross_entropy(setup.model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        heads.append(model.head.weight.detach().clone())
+    assert torch.allclose(heads[0], heads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_feature_cache_is_refused_wherever_the_features_could_change(toy_suite):
+    import dataclasses
+
+    suite_path, _ = toy_suite
+    suite = load_suite(str(suite_path))
+    linear, full = get_method("linear"), get_method("full")
+    spec = toy_specs(suite_path, "linear")[1][0]
+    model, _, _ = build_model(spec, 3)
+    assert features.blocker(linear, model, suite) is None
+    assert "does not declare head_only" in features.blocker(full, model, suite)
+    assert "augments at random" in features.blocker(linear, model, dataclasses.replace(suite, transform="crop-flip"))
+    model.backbone.norm.weight.requires_grad_(True)  # a method that declares more than it trains
+    assert "outside the head" in features.blocker(linear, model, suite)
+
+
+def test_a_head_only_plugin_gets_the_cache_and_its_hooks_still_run(toy_suite, monkeypatch):
+    from bench import registry
+    from bench.model import PeftModel, freeze, make_head
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+    calls = {"reg": 0, "epochs": 0}
+
+    class Probe(PeftModel):
+        def regularization(self):
+            calls["reg"] += 1
+            return 1e-3 * self.head.weight.pow(2).sum()
+
+        def on_epoch_end(self, epoch, epochs):
+            calls["epochs"] += 1
+
+    @register_method("probe-l2", defaults={"lr": 1.0}, head_only=True)
+    def build(backbone, num_classes, hparams):
+        freeze(backbone)
+        return Probe(backbone, make_head(backbone.num_features, num_classes))
+
+    suite_path, root = toy_suite
+    suite, specs = toy_specs(suite_path, "probe-l2", ["epochs=2"])
+    out = run(specs[0], suite, root, CPU)
+    assert out["metrics"]["feature_cache"] is True
+    assert calls == {"reg": 2 * 5, "epochs": 2}  # 50 images, batch 10
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(toy_suite):
+    suite_path, root = toy_suite
+    suite, specs = toy_specs(suite_path, "full", ["epochs=1"])
+    out = run(specs[0], suite, root, EngineOptions(device=torch.device("cpu"), precision="bf16"))
+    m = out["metrics"]
+    assert m["precision"] == "bf16" and m["feature_cache"] is False and m["compile"] is False
+    assert 0 <= m["top1"] <= 100 and out["curve"][0]["train_loss"] > 0
+    assert accel.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert accel.resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    with pytest.raises(UserError, match="precision 'fp16'"):
+        accel.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_compile_wraps_the_model_and_keeps_the_result(toy_suite, monkeypatch):
+    # the eager backend traces with dynamo but skips code generation: seconds, not a minute
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    suite_path, root = toy_suite
+    suite, specs = toy_specs(suite_path, "vpt-shallow", ["epochs=1"])
+    plain = run(specs[0], suite, root, CPU)
+    compiled = run(specs[0], suite, root, EngineOptions(device=torch.device("cpu"), compile=True))
+    assert compiled["metrics"]["compile"] is True
+    assert compiled["curve"][0]["train_loss"] == pytest.approx(plain["curve"][0]["train_loss"], rel=1e-4)
+    assert compiled["metrics"]["trainable_params"] == plain["metrics"]["trainable_params"]
