@@ -98,6 +98,23 @@ class RunModel(nn.Module):
                 out = self._call(x)
         return out.float()
 
+    def train(self, mode: bool = True) -> "RunModel":
+        if mode and self.on_features:
+            # training runs the head alone: only its mode matters (the backbone stays in eval
+            # mode, as PeftModel keeps a frozen one), and the walk over the backbone's modules
+            # is skipped at every epoch
+            self.training = self.inner.training = True
+            self.inner.head.train(True)
+            return self
+        return super().train(mode)
+
+    # the hooks the loop calls at every step, without __getattr__'s detour
+    def regularization(self):
+        return self.inner.regularization()
+
+    def after_optimizer_step(self) -> None:
+        self.inner.after_optimizer_step()
+
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from . import demo
@@ -169,11 +169,32 @@ def load_image(path: Path) -> Image.Image:
         raise DataError(f"unreadable image {path}: {exc}") from None
 
 
+class ToFloat:
+    """uint8 images (..., C, H, W), one or a batch -> float32 `(x / 255 - mean) / std`: the same
+    arithmetic as torchvision's ConvertImageDtype + Normalize, bit for bit, without their
+    per-call tensor building (and Normalize's zero-std check, a host sync on a GPU)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        stats = self._stats.get(x.device)
+        if stats is None:
+            stats = self._stats[x.device] = (
+                torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1),
+                torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1))
+        return x.to(torch.float32).div_(255).sub_(stats[0]).div_(stats[1])
+
+    def __repr__(self) -> str:
+        return f"ToFloat(mean={self.mean}, std={self.std})"
+
+
 def build_transforms(suite: Suite, mean, std, train: bool):
     """(decode, augment): decode turns a PIL image into a resized uint8 tensor and is
     deterministic, so its output can be cached; augment runs on that tensor every time."""
     size = suite.image_size
-    to_float = [T.ConvertImageDtype(torch.float32), T.Normalize(mean, std)]
+    to_float = [ToFloat(mean, std)]
     if suite.transform == "crop-flip":
         # FGVC as VPT runs it: resize to size/0.875, random crop + flip to train, centre crop to test
         resize = int(round(size / 0.875))
@@ -365,11 +386,17 @@ class DecodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def index_device(self) -> torch.device:
+        """Where batch indices are best made (where the split lives)."""
+        return self.labels.device
+
     def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(index, int):
             x, y = self[[index]]
             return x[0], y[0]
         if self.per_image:
+            index = index.tolist() if isinstance(index, torch.Tensor) else list(index)
             return torch.stack([self.augment(self.pixels[i]) for i in index]), self.labels[index]
         index = torch.as_tensor(index, device=self.labels.device)
         x, y = self.pixels.index_select(0, index), self.labels.index_select(0, index)
@@ -378,17 +405,42 @@ class DecodedDataset(Dataset):
         return self.augment(x), y
 
 
-def _whole_batch(batch):
-    return batch
+class BatchLoader:
+    """Batches of a dataset indexed by tensors of indices (`DecodedDataset`), in the order of
+    `DataLoader(dataset, batch_size, shuffle, generator=gen)`: each epoch makes the same draws
+    from `gen` (the seed DataLoader draws for its workers, then the permutations RandomSampler
+    draws), so runs reproduce either way, without DataLoader's per-batch machinery."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None):
+        self.dataset, self.batch_size, self.shuffle, self.generator = dataset, batch_size, shuffle, gen
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's base seed
+            if self.generator is None:  # RandomSampler without a generator seeds a private one
+                seed = int(torch.empty((), dtype=torch.int64).random_().item())
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            else:
+                order = torch.randperm(n, generator=self.generator)
+                # RandomSampler draws another permutation, of which it yields nothing, when its
+                # iterator runs out: draw it too, so the generator is where DataLoader leaves it
+                torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.arange(n)
+        device = getattr(self.dataset, "index_device", None)
+        if device is not None:
+            order = order.to(device)
+        for index in order.split(self.batch_size):
+            yield self.dataset[index]
 
 
 def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool,
-                 gen: torch.Generator | None) -> DataLoader:
-    """Batches cut by the dataset itself, in the order (and with the same draws from `gen`) of
-    `DataLoader(dataset, batch_size, shuffle, generator=gen)`, so runs reproduce either way."""
-    sampler = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                      generator=gen, collate_fn=_whole_batch)
+                 gen: torch.Generator | None) -> BatchLoader:
+    return BatchLoader(dataset, batch_size, shuffle, gen)
 
 
 def check_task(suite: Suite, task: Task, root: Path, splits: list[str], decode: bool = True):

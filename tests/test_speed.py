@@ -92,23 +92,27 @@ def test_images_of_different_shapes_and_random_augmentation_go_image_by_image(tm
     assert ds.per_image and x.shape == (3, 3, 224, 224) and y.tolist() == [split.items[i][1] for i in range(3)]
 
 
+class Indices(torch.utils.data.Dataset):
+    def __len__(self):
+        return 53
+
+    def __getitem__(self, index):
+        return index
+
+
 def test_the_batch_loader_shuffles_exactly_as_dataloader_with_the_same_generator():
-    dataset = list(range(53))
     gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    reference = DataLoader(dataset, batch_size=10, shuffle=True, generator=gen_a)
-
-    class Indices(torch.utils.data.Dataset):
-        def __len__(self):
-            return 53
-
-        def __getitem__(self, index):
-            return torch.tensor(index)
-
+    reference = DataLoader(list(range(53)), batch_size=10, shuffle=True, generator=gen_a)
     ours = batch_loader(Indices(), 10, shuffle=True, gen=gen_b)
     assert len(ours) == len(reference) == 6
     for _ in range(3):  # epochs: the generator advances the same way
         assert [b.tolist() for b in ours] == [b.tolist() for b in reference]
     assert torch.equal(gen_a.get_state(), gen_b.get_state())
+    torch.manual_seed(3)  # without a generator: the same draws from the global one
+    expected = [b.tolist() for b in DataLoader(list(range(53)), batch_size=10, shuffle=True)]
+    torch.manual_seed(3)
+    assert [b.tolist() for b in batch_loader(Indices(), 10, shuffle=True, gen=None)] == expected
+    assert [b.tolist() for b in batch_loader(Indices(), 10, shuffle=False, gen=None)][1] == list(range(10, 20))
 
 
 def test_the_linear_probe_on_cached_features_is_the_per_epoch_run(toy_suite):
@@ -216,3 +220,4 @@ def test_compile_wraps_the_model_and_keeps_the_result(toy_suite, monkeypatch):
     assert compiled["metrics"]["compile"] is True
     assert compiled["curve"][0]["train_loss"] == pytest.approx(plain["curve"][0]["train_loss"], rel=1e-4)
     assert compiled["metrics"]["trainable_params"] == plain["metrics"]["trainable_params"]
+
