@@ -221,3 +221,19 @@ def test_compile_wraps_the_model_and_keeps_the_result(toy_suite, monkeypatch):
     assert compiled["curve"][0]["train_loss"] == pytest.approx(plain["curve"][0]["train_loss"], rel=1e-4)
     assert compiled["metrics"]["trainable_params"] == plain["metrics"]["trainable_params"]
 
+
+@pytest.mark.parametrize("space", ["token", "pixel"])
+def test_lion_solves_in_fp32_under_bf16_autocast(space):
+    """bf16 residuals make Anderson's normal equations singular; the layers run in fp32."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
+                            patch_size=8, embed_dim=48, depth=2, num_heads=2)
+    m = get_method("lion")
+    model = m.build(vit, 5, {**m.defaults, "input_space": space})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(8, 3, 32, 32))
+    out.float().sum().backward()
+    assert model.input_layer.B.weight.grad is not None
+    assert model.output_layer.stats["residual"] < 1e-3
