@@ -112,7 +112,8 @@ def cmd_run(args) -> int:
     store = Store(args.results)
     if args.executor != "local":
         return _submit_runs(args, suite, methods, protocol, base, tune, grids if tune else {}, root, store, slurm)
-    opts = EngineOptions(device=device, workers=args.workers, checkpoint_interval=args.checkpoint_interval)
+    opts = EngineOptions(device=device, workers=args.workers, precision=args.precision, compile=args.compile,
+                         checkpoint_interval=args.checkpoint_interval)
     console.print(f"[bold]{suite.name}[/]: {len(methods)} methods x {len(tasks)} tasks x {len(seeds)} "
                   f"seeds, protocol {protocol} on {device} ({threads} threads); records in "
                   f"{store.root}/{suite.name}")
@@ -169,7 +170,8 @@ def _submit_runs(args, suite, methods, protocol, base, tune, grids, root, store,
                      results=str(store.root.resolve()),
                      plugins=[str(Path(p).expanduser().resolve()) for p in args.plugin or []],
                      device=args.device, threads=args.threads or slurm.cpus_per_job,
-                     checkpoint_interval=args.checkpoint_interval)
+                     checkpoint_interval=args.checkpoint_interval, precision=args.precision,
+                     compile=args.compile)
     command = "bench " + " ".join(sys.argv[1:])
     console.print(f"[bold]{suite.name}[/]: {len(methods)} methods, protocol {protocol}, "
                   f"executor {args.executor}; records in {store.root}/{suite.name}")
@@ -540,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
+    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto (default): bf16 autocast on CUDA, fp32 on the CPU")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     r.add_argument("--plugin", action="append", metavar="FILE.py", help="register methods from a file")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--checkpoint-interval", type=float, default=120.0, metavar="SECONDS",

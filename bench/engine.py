@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
+from . import accel
 from .backbones import create_backbone
-from .data import ImageDataset, build_transforms, check_labels, read_split
+from .data import check_labels, read_split
 from .measure import PeakMemory, forward_gflops
 from .model import PeftModel, warmup_cosine
 from .registry import get_method
@@ -36,6 +36,12 @@ class DivergedError(RuntimeError):
 class EngineOptions:
     device: torch.device
     workers: int = 0
+    # speed (bench/accel.py); none changes what a run computes beyond float rounding
+    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    compile: bool = False           # torch.compile the model's forward
+    channels_last: bool = False     # channels-last images (CUDA only)
+    feature_cache: bool = True      # head-only methods train on features computed once
+    decode_cache: str | None = None  # memory | disk | off (None: $PEFTBENCH_DECODE_CACHE or memory)
     progress: Any = None  # a rich.progress.Progress, or None for silence
     # Where this run keeps its epoch checkpoint (None: no checkpoints), and the least number of
     # seconds between two saves: a save costs a write of the trainable state and the optimizer,
@@ -103,11 +109,6 @@ def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}; use sgd or adamw")
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None, workers: int):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=workers, persistent_workers=workers > 0, drop_last=False)
-
-
 def _progress_task(progress, description: str, total: int):
     if progress is None:
         return None
@@ -136,10 +137,11 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
     model.to(device)
     gflops = forward_gflops(model, spec.image_size, device)
 
-    train_set = ImageDataset(train_items.items, build_transforms(suite, mean, std, train=True), cache=True)
-    eval_set = ImageDataset(eval_items.items, build_transforms(suite, mean, std, train=False))
-    train_loader = _loader(train_set, hp["batch_size"], True, gen, opts.workers)
-    eval_loader = _loader(eval_set, hp["eval_batch_size"], False, None, opts.workers)
+    # images decoded once; precision, compile, and features computed once for head-only methods
+    train_set, train_loader = accel.loader(suite, train_items, mean, std, True, hp["batch_size"], gen, opts)
+    eval_set, eval_loader = accel.loader(suite, eval_items, mean, std, False, hp["eval_batch_size"], None, opts)
+    setup = accel.prepare(spec, suite, model, train_loader, eval_loader, opts)
+    model, train_loader = setup.model, setup.train_loader
 
     optimizer = make_optimizer(model, hp)
     steps_per_epoch = len(train_loader)
@@ -234,6 +236,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         "train_split": train_split,
         "n_train": len(train_set),
         "n_eval": len(eval_set),
+        **setup.metrics,  # precision, compile, feature cache, decode time
         **counts,
         "peak_memory_mib": peak.mib,
         "train_seconds": train_seconds,

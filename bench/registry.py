@@ -51,6 +51,9 @@ class Method:
     grid: dict[str, list[Any]] | None = None
     # True where the method's features equal the frozen backbone's at initialisation
     identity_at_init: bool = False
+    # True where only the head trains, on a frozen backbone kept in eval mode: the engine may
+    # then compute the features once and train the head on them (bench/features.py)
+    head_only: bool = False
 
 
 _METHODS: dict[str, Method] = {}
@@ -60,7 +63,8 @@ _LOADED = False
 
 def register_method(name: str, *, defaults: dict[str, Any] | None = None, aliases: tuple[str, ...] = (),
                     summary: str = "", paper: str = "", formula: Callable[..., int] | None = None,
-                    grid: dict[str, list[Any]] | None = None, identity_at_init: bool = False):
+                    grid: dict[str, list[Any]] | None = None, identity_at_init: bool = False,
+                    head_only: bool = False):
     """Decorate `build(backbone, num_classes, hparams) -> PeftModel` to register a method."""
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         merged = {**ENGINE_DEFAULTS, **(defaults or {})}
@@ -71,7 +75,8 @@ def register_method(name: str, *, defaults: dict[str, Any] | None = None, aliase
         _METHODS[name] = Method(name=name, build=build, defaults=merged, aliases=tuple(aliases),
                                 summary=summary or (build.__doc__ or "").strip().split("\n")[0],
                                 paper=paper, source=f"{build.__module__}.{build.__qualname__}",
-                                formula=formula, grid=grid, identity_at_init=identity_at_init)
+                                formula=formula, grid=grid, identity_at_init=identity_at_init,
+                                head_only=head_only)
         for key in [name, *aliases]:
             _ALIASES[key] = name
         return build

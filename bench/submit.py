@@ -148,6 +148,8 @@ class RunContext:
     device: str
     threads: int | None
     checkpoint_interval: float
+    precision: str = "auto"
+    compile: bool = False
 
 
 class RunsFailed(RuntimeError):
@@ -173,7 +175,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
         device = torch.device(ctx.device if ctx.device != "auto" else
                               ("cuda" if torch.cuda.is_available() else "cpu"))
         store = Store(ctx.results)
-        opts = EngineOptions(device=device, checkpoint_interval=ctx.checkpoint_interval)
+        opts = EngineOptions(device=device, checkpoint_interval=ctx.checkpoint_interval,
+                             precision=ctx.precision, compile=ctx.compile)
         env = submitit.JobEnvironment()
         job = {"job_id": env.job_id, "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr),
                "host": env.hostname}

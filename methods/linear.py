@@ -23,6 +23,7 @@ def trainable_params(backbone, num_classes, hparams) -> int:
     grid={"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
           "weight_decay": [0.01, 0.001, 0.0001, 0.0]},
     identity_at_init=True,
+    head_only=True,  # the engine trains the head on features computed once (bench/features.py)
 )
 def build(backbone, num_classes, hparams):
     """Linear probe on the frozen backbone's CLS feature."""

@@ -144,6 +144,13 @@ class EquilibriumLayer(nn.Module):
         return SOLVERS[self.solver](f, z0, self.max_iter, self.tol)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        # The solvers need fp32: under bf16 autocast, Anderson's residuals lose the precision its
+        # normal equations need (they become singular). The layer is small; it runs in fp32 and
+        # hands fp32 on (the backbone's autocast casts it back for its matmuls).
+        with torch.autocast(u.device.type, enabled=False):
+            return self._forward(u.float() if u.dtype in (torch.float16, torch.bfloat16) else u)
+
+    def _forward(self, u: torch.Tensor) -> torch.Tensor:
         injection = self.B(u)
         with torch.no_grad():
             z_star, iters, res = self.solve(lambda z: self.f(z, injection), torch.zeros_like(injection))

@@ -84,9 +84,10 @@ class _Killed(BaseException):
     """Stands in for SIGKILL/preemption: not an Exception, so nothing records it as a failure."""
 
 
-@pytest.mark.parametrize("method", ["full", "lion"])
+@pytest.mark.parametrize("method", ["full", "lion", "linear"])  # linear: on cached features
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_result(toy_suite, tmp_path, monkeypatch, method):
-    # LION prunes at epoch 2 of 4, so its masks must survive the restart too.
+    # LION prunes at epoch 2 of 4, so its masks must survive the restart too; the linear probe
+    # trains on features computed once, and its shuffling must survive it as well.
     suite_path, data = toy_suite
     suite, specs = toy_specs(suite_path, method, ["epochs=4", "warmup_epochs=1"])
     spec = specs[0]
