@@ -540,7 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a hyperparameter for every method (lr=0.1) or one (full.lr=1e-4)")
     r.add_argument("--force", action="store_true", help="rerun runs already recorded ok")
     r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    r.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    r.add_argument("--workers", type=int, default=0,
+                   help="threads that decode each split once (default 0: as many as torch threads), and "
+                        "loader processes for a split too large to keep in memory")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: the cores this process may use)")
     r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto (default): bf16 autocast on CUDA, fp32 on the CPU")
