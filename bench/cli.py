@@ -251,10 +251,10 @@ def _watch(sub, store) -> int:
             rec = store.read(spec)
             if rec is not None and rec.get("status") == "ok":
                 state = "ok"
+            elif finished:  # a failed record, or the job ended (cancelled, killed) before writing one
+                state = "failed"
             elif store.is_running(spec):
                 state = "running"
-            elif finished:  # a failed record, or the job died before writing one
-                state = "failed"
             else:
                 state = "queued"
             row = counts.setdefault((spec.stage, spec.method), {"ok": 0, "failed": 0, "running": 0, "queued": 0})
