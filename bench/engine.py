@@ -109,6 +109,22 @@ def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}; use sgd or adamw")
 
 
+def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step of a method's model, as every run takes it (the benchmarks time this
+    very function): loss plus the method's regularization, backward, step, the post-step hook.
+    Returns (logits, loss), both still on the device."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    reg = model.regularization()
+    if reg is not None:
+        loss = loss + reg
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.after_optimizer_step()
+    return logits, loss
+
+
 def _progress_task(progress, description: str, total: int):
     if progress is None:
         return None
@@ -176,15 +192,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
             seen = 0
             for x, y in train_loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                reg = model.regularization()
-                if reg is not None:
-                    loss = loss + reg
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.after_optimizer_step()
+                logits, loss = train_step(model, optimizer, x, y)
                 scheduler.step()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()

@@ -43,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from bench import accel  # noqa: E402
 from bench.data import ImageDataset, build_transforms, read_split, resolve_data_root  # noqa: E402
-from bench.engine import EngineOptions, build_model, make_optimizer, run  # noqa: E402
+from bench.engine import EngineOptions, build_model, make_optimizer, run, train_step  # noqa: E402
 from bench.launch import plan  # noqa: E402
 from bench.measure import PeakMemory, _rss_bytes  # noqa: E402
 from bench.registry import get_method, select_methods  # noqa: E402
@@ -299,14 +299,7 @@ def step_cost(model, x, y, device, steps: int = 3) -> dict[str, float]:
         return t
 
     def step():
-        loss = F.cross_entropy(model(x), y)
-        reg = model.regularization()
-        if reg is not None:
-            loss = loss + reg
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step()
+        train_step(model, optimizer, x, y)
 
     step()  # warm-up: optimizer state exists from here on
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -448,11 +441,7 @@ def _throughput(model, batch: int, device, img_size: int, steps: int, train: boo
                 runner.eval()
                 return runner(x)
         runner.train()
-        loss = F.cross_entropy(runner(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step()
+        train_step(runner, optimizer, x, y)
 
     for _ in range(3):
         step()
