@@ -300,13 +300,13 @@ def job_states(store: Store, suite: str | None = None) -> dict[str, JobState]:
     for manifest, job_id in latest.values():
         if manifest["executor"] == "slurm" and job_id not in slurm_jobs:
             slurm_jobs[job_id] = submitit.SlurmJob(folder=manifest["folder"], job_id=job_id)
-    if slurm_jobs and shutil.which("sacct"):
+    have_sacct = shutil.which("sacct") is not None
+    if slurm_jobs and have_sacct:
         submitit.SlurmJob.watcher.update()
     out = {}
     for run_id, (manifest, job_id) in latest.items():
         if manifest["executor"] == "slurm":
-            state = (submitit.SlurmJob.watcher.get_state(job_id, mode="cache")
-                     if shutil.which("sacct") else "UNKNOWN")
+            state = submitit.SlurmJob.watcher.get_state(job_id, mode="cache") if have_sacct else "UNKNOWN"
             state = state.split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
         else:
             state = "ALIVE" if _local_alive(job_id) else "EXITED"
