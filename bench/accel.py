@@ -43,14 +43,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def loader(suite: Suite, split: SplitItems, mean, std, train: bool, batch_size: int,
-           gen: torch.Generator | None, opts) -> tuple[Any, DataLoader]:
+           gen: torch.Generator | None, opts, interpolation: str | None = None) -> tuple[Any, DataLoader]:
     """(dataset, loader) for one split of a run; `dataset.decode_seconds` is the time spent
     decoding its images before the run (0 when they were decoded before).
 
     The training split lives on the run's device; an evaluation split stays in host memory and
     each batch goes to the device as uint8. Shuffling draws from `gen` exactly as
     `DataLoader(shuffle=True, generator=gen)` does."""
-    transforms = build_transforms(suite, mean, std, train=train)
+    transforms = build_transforms(suite, mean, std, train=train, interpolation=interpolation)
     cache = opts.decode_cache or os.environ.get("PEFTBENCH_DECODE_CACHE") or "memory"
     decoded = decode_split(split, transforms[0], workers=opts.workers, cache=cache)
     if decoded is None:  # larger than the memory budget: read image by image, as before

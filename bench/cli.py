@@ -438,7 +438,7 @@ def cmd_cancel(args) -> int:
 
 # ------------------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
-    from .report import FORMATS, build_report, rich_table, write_report
+    from .report import FORMATS, build_report, published_notes, rich_table, write_report
     from .store import Store
     from .suite import load_suite
 
@@ -454,6 +454,8 @@ def cmd_report(args) -> int:
         raise UserError(f"nothing to report: {report.notes[0]}. Run `bench run --suite {suite.name}` "
                         "first, or pass --results DIR")
     console.print(rich_table(report))
+    for line in published_notes(report):
+        console.print(escape(line))
     for note in report.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
     if report.missing:

@@ -5,6 +5,8 @@
 - `fgvc-json` (VPT): `<root>/<task>/<split>.json`, `{"<relative image path>": class_id}`, paths
   relative to `<root>/<task>/<image_dir>/`; class ids remapped to 0..C-1 in sorted order over
   all of the task's json splits, so every split agrees on the mapping.
+- `imagefolder` (torchvision's ImageFolder, per task): `<root>/<task>/<split>/<class>/<image>`;
+  labels are the class folders' sorted order over all of the task's splits.
 - `demo`: materialised by `bench.demo` into the vtab1k-folder layout, then read as such.
 
 A split name `a+b` concatenates splits (e.g. FGVC's `train+val`).
@@ -44,6 +46,9 @@ class SplitItems:
 
 
 def layout_help(suite: Suite) -> str:
+    if suite.format == "imagefolder":
+        return ("expected torchvision's ImageFolder layout per task: "
+                "<data-root>/<task>/<split>/<class name>/<image>, the same class folders in every split")
     if suite.format == "fgvc-json":
         return ("expected VPT's FGVC layout: <data-root>/<task>/{train,val,test}.json mapping image "
                 "paths to class ids, images under <data-root>/<task>/<image_dir>/")
@@ -136,6 +141,35 @@ def _fgvc_split(folder: Path, task: Task, split: str) -> SplitItems:
     return SplitItems(task.name, split, items, str(path))
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def imagefolder_classes(folder: Path) -> list[str]:
+    """The class names of an imagefolder task: the sorted class folders found in any of its split
+    folders, so every split maps a class name to the same label (as torchvision's ImageFolder
+    does within one split)."""
+    names: set[str] = set()
+    for split_dir in folder.iterdir():
+        if split_dir.is_dir() and not split_dir.name.startswith("."):
+            names.update(c.name for c in split_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
+    return sorted(names)
+
+
+def _imagefolder_split(folder: Path, task: Task, split: str) -> SplitItems:
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"task {task.name!r}: split folder {split_dir} not found (split folders there: "
+                        f"{', '.join(present) or 'none'}); expected <task>/{split}/<class>/<image>")
+    label = {name: i for i, name in enumerate(imagefolder_classes(folder))}
+    items = []
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                items.append((path, label[class_dir.name]))
+    return SplitItems(task.name, split, items, str(split_dir))
+
+
 def read_split(suite: Suite, task: Task, root: Path, split: str, strict: bool = True) -> SplitItems:
     """The (image path, label) list of a task's split; `a+b` concatenates splits."""
     folder = task_dir(suite, task, root)
@@ -143,6 +177,8 @@ def read_split(suite: Suite, task: Task, root: Path, split: str, strict: bool = 
     for name in split.split("+"):
         if suite.format == "fgvc-json":
             parts.append(_fgvc_split(folder, task, name))
+        elif suite.format == "imagefolder":
+            parts.append(_imagefolder_split(folder, task, name))
         else:
             parts.append(_vtab_split(folder, task, name, strict))
     if len(parts) == 1:
@@ -190,19 +226,36 @@ class ToFloat:
         return f"ToFloat(mean={self.mean}, std={self.std})"
 
 
-def build_transforms(suite: Suite, mean, std, train: bool):
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalization(normalize: str, backbone_mean, backbone_std) -> tuple[tuple, tuple]:
+    """(mean, std) for a suite's `normalize` key: the backbone's own statistics, ImageNet's
+    (VPT's code uses them for every backbone), or none (pixels in [0, 1])."""
+    if normalize == "backbone":
+        return tuple(backbone_mean), tuple(backbone_std)
+    if normalize == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if normalize == "none":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    raise UserError(f"normalize {normalize!r}: choose backbone, imagenet or none")
+
+
+def build_transforms(suite: Suite, mean, std, train: bool, interpolation: str | None = None):
     """(decode, augment): decode turns a PIL image into a resized uint8 tensor and is
-    deterministic, so its output can be cached; augment runs on that tensor every time."""
+    deterministic, so its output can be cached; augment runs on that tensor every time.
+    `interpolation` (default: the suite's) is PIL's bicubic or bilinear resampling."""
     size = suite.image_size
+    mode = T.InterpolationMode(interpolation or suite.interpolation)
     to_float = [ToFloat(mean, std)]
     if suite.transform == "crop-flip":
         # FGVC as VPT runs it: resize to size/0.875, random crop + flip to train, centre crop to test
         resize = int(round(size / 0.875))
-        decode = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.PILToTensor()])
+        decode = T.Compose([T.Resize(resize, interpolation=mode), T.PILToTensor()])
         steps = [T.RandomCrop(size), T.RandomHorizontalFlip()] if train else [T.CenterCrop(size)]
         return decode, T.Compose([*steps, *to_float])
     # VTAB as VPT runs it: a plain resize to the square input size, no augmentation
-    decode = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.PILToTensor()])
+    decode = T.Compose([T.Resize((size, size), interpolation=mode), T.PILToTensor()])
     return decode, T.Compose(to_float)
 
 

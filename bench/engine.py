@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from . import accel
 from .backbones import create_backbone
-from .data import check_labels, read_split
+from .data import check_labels, normalization, read_split
 from .measure import PeakMemory, forward_gflops
-from .model import PeftModel, warmup_cosine
+from .model import PeftModel, warmup_cosine, warmup_cosine_per_epoch
 from .registry import get_method
 from .store import RunSpec
 from .suite import Suite
@@ -58,9 +58,11 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def build_model(spec: RunSpec, num_classes: int) -> tuple[PeftModel, tuple, tuple]:
+    """The method's model, and the mean and std its input images are normalised with."""
     backbone = create_backbone(spec.backbone, spec.checkpoint, img_size=spec.image_size)
     model = get_method(spec.method).build(backbone.model, num_classes, dict(spec.hparams))
-    return model, backbone.mean, backbone.std
+    mean, std = normalization(spec.normalize, backbone.mean, backbone.std)
+    return model, mean, std
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -109,6 +111,20 @@ def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}; use sgd or adamw")
 
 
+LR_SCHEDULES = ("step", "epoch")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_per_epoch: int):
+    """(scheduler, stepped per step?): linear warmup then cosine decay to 0, either per step
+    (`lr_schedule="step"`) or once per epoch as VPT's code does (`"epoch"`)."""
+    if hp["lr_schedule"] == "epoch":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: warmup_cosine_per_epoch(e, hp["warmup_epochs"], hp["epochs"])), False
+    total_steps = hp["epochs"] * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, hp["warmup_epochs"] * steps_per_epoch, total_steps)), True
+
+
 def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
     """One optimizer step of a method's model, as every run takes it (the benchmarks time this
     very function): loss plus the method's regularization, backward, step, the post-step hook.
@@ -154,16 +170,17 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
     gflops = forward_gflops(model, spec.image_size, device)
 
     # images decoded once; precision, compile, and features computed once for head-only methods
-    train_set, train_loader = accel.loader(suite, train_items, mean, std, True, hp["batch_size"], gen, opts)
-    eval_set, eval_loader = accel.loader(suite, eval_items, mean, std, False, hp["eval_batch_size"], None, opts)
+    train_set, train_loader = accel.loader(suite, train_items, mean, std, True, hp["batch_size"], gen, opts,
+                                           spec.interpolation)
+    eval_set, eval_loader = accel.loader(suite, eval_items, mean, std, False, hp["eval_batch_size"], None, opts,
+                                         spec.interpolation)
     setup = accel.prepare(spec, suite, model, train_loader, eval_loader, opts)
     model, train_loader = setup.model, setup.train_loader
 
     optimizer = make_optimizer(model, hp)
     steps_per_epoch = len(train_loader)
     total_steps = hp["epochs"] * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, hp["warmup_epochs"] * steps_per_epoch, total_steps))
+    scheduler, per_step = make_scheduler(optimizer, hp, steps_per_epoch)
 
     curve: list[dict[str, Any]] = []
     train_seconds = 0.0
@@ -193,11 +210,15 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
             for x, y in train_loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits, loss = train_step(model, optimizer, x, y)
-                scheduler.step()
+                if per_step:
+                    scheduler.step()
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 _advance(opts.progress, bar)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+            if not per_step:
+                scheduler.step()
             model.on_epoch_end(epoch, hp["epochs"])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -210,7 +231,8 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
                                     f"(lr {hp['lr']}, batch {hp['batch_size']}); lower the lr")
             curve.append({"epoch": epoch + 1, "train_loss": mean_loss,
                           "train_acc": 100.0 * correct.item() / max(seen, 1),
-                          "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+                          "lr": lr, "seconds": seconds,
+                          **model.epoch_metrics()})
             if (opts.checkpoint_path is not None and epoch + 1 < hp["epochs"]
                     and time.monotonic() - last_save >= opts.checkpoint_interval):
                 save_checkpoint(opts.checkpoint_path, {

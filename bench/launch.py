@@ -102,6 +102,8 @@ def _validate_hparams(hp: dict, method: Method) -> None:
                         f"got {hp['warmup_epochs']}")
     if hp["lr"] <= 0:
         raise UserError(f"{where}: lr must be positive, got {hp['lr']}")
+    if hp["lr_schedule"] not in ("step", "epoch"):
+        raise UserError(f"{where}: lr_schedule must be step or epoch, got {hp['lr_schedule']!r}")
     if hp["optimizer"] not in ("sgd", "adamw"):
         raise UserError(f"{where}: optimizer must be sgd or adamw, got {hp['optimizer']!r}")
 
@@ -136,7 +138,8 @@ def plan(suite: Suite, methods: list[Method], tasks: list[Task], seeds: list[int
             for seed in seeds:
                 specs.append(RunSpec(suite=suite.name, task=task.name, method=method.name, seed=seed,
                                      stage=stage, backbone=backbone, checkpoint=checkpoint,
-                                     image_size=suite.image_size, hparams=hp))
+                                     image_size=suite.image_size, hparams=hp, normalize=suite.normalize,
+                                     interpolation=suite.interpolation))
     return specs
 
 

@@ -17,10 +17,13 @@ from .errors import UserError
 
 
 def make_head(embed_dim: int, num_classes: int) -> nn.Linear:
-    """Linear(D, C) initialised as VPT's code does: kaiming-normal weight (fan-out), the bias
-    left at PyTorch's default."""
+    """Linear(D, C) initialised as VPT's code does (`MLP.last_layer`): kaiming-normal weight
+    (fan-out) and one constant bias for every class. VPT's constant is -log(99); any constant
+    gives the same softmax, the same gradients and (with no weight decay on biases) the same
+    run, so it is 0 here."""
     head = nn.Linear(embed_dim, num_classes)
     nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+    nn.init.zeros_(head.bias)
     return head
 
 
@@ -77,9 +80,17 @@ class PeftModel(nn.Module):
                 "total_params": sum(p.numel() for p in self.parameters())}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what the method trains: all a checkpoint of this run needs beside the backbone."""
+        """Only what the method trains: all a checkpoint of this run needs beside the backbone.
+        A backbone that trains in train mode also updates its buffers (batch-norm statistics),
+        so they belong to the trained state too."""
+        return {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()
+                if k in self.trained_state_names()}
+
+    def trained_state_names(self) -> set[str]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items() if k in names}
+        if not self.frozen_backbone:
+            names |= {f"backbone.{n}" for n, _ in self.backbone.named_buffers()}
+        return names
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = self.load_state_dict(state, strict=False)
@@ -115,9 +126,24 @@ class PeftModel(nn.Module):
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         """Called after each training epoch (0-based) with the total number of epochs."""
 
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Method-specific figures for the epoch's entry of the training curve (e.g. a pruning
+        phase), read after `on_epoch_end`."""
+        return {}
+
     def run_metrics(self) -> dict[str, float]:
         """Method-specific figures for the run record (e.g. solver iterations)."""
         return {}
+
+
+def warmup_cosine_per_epoch(epoch: int, warmup_epochs: int, epochs: int) -> float:
+    """Learning-rate factor of 0-based `epoch` as VPT's code steps it (`WarmupCosineSchedule`,
+    stepped once after every epoch): a staircase warmup that starts at 0 (so the first epoch
+    does not move the weights), then a half cosine to 0."""
+    if epoch < warmup_epochs:
+        return epoch / max(1, warmup_epochs)
+    progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

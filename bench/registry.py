@@ -29,7 +29,8 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,         # not applied to 1-D parameters (biases, norms)
     "momentum": 0.9,
     "epochs": 100,
-    "warmup_epochs": 10,         # linear warmup, then cosine decay to zero, per step
+    "warmup_epochs": 10,         # linear warmup, then cosine decay to zero
+    "lr_schedule": "step",       # step: the schedule advances every step; epoch: once per epoch (VPT's code)
     "batch_size": 128,
     "eval_batch_size": 256,
 }
@@ -54,6 +55,9 @@ class Method:
     # True where only the head trains, on a frozen backbone kept in eval mode: the engine may
     # then compute the features once and train the head on them (bench/features.py)
     head_only: bool = False
+    # "vit": timm VisionTransformers (with the modules the method needs); "any": any timm
+    # classifier, since the method touches only the image, the pooled feature or every parameter
+    backbones: str = "vit"
 
 
 _METHODS: dict[str, Method] = {}
@@ -64,8 +68,11 @@ _LOADED = False
 def register_method(name: str, *, defaults: dict[str, Any] | None = None, aliases: tuple[str, ...] = (),
                     summary: str = "", paper: str = "", formula: Callable[..., int] | None = None,
                     grid: dict[str, list[Any]] | None = None, identity_at_init: bool = False,
-                    head_only: bool = False):
+                    head_only: bool = False, backbones: str = "vit"):
     """Decorate `build(backbone, num_classes, hparams) -> PeftModel` to register a method."""
+    if backbones not in ("vit", "any"):
+        raise ValueError(f"register_method({name!r}): backbones must be 'vit' or 'any', got {backbones!r}")
+
     def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         merged = {**ENGINE_DEFAULTS, **(defaults or {})}
         for key in [name, *aliases]:
@@ -76,7 +83,7 @@ def register_method(name: str, *, defaults: dict[str, Any] | None = None, aliase
                                 summary=summary or (build.__doc__ or "").strip().split("\n")[0],
                                 paper=paper, source=f"{build.__module__}.{build.__qualname__}",
                                 formula=formula, grid=grid, identity_at_init=identity_at_init,
-                                head_only=head_only)
+                                head_only=head_only, backbones=backbones)
         for key in [name, *aliases]:
             _ALIASES[key] = name
         return build

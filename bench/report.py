@@ -37,6 +37,7 @@ class Report:
     missing: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     published: pd.DataFrame | None = None  # same columns as `mean`, rows "<method> (published)"
+    published_labels: pd.DataFrame | None = None  # per published row: PUBLISHED_LABELS
 
     @property
     def tasks(self) -> list[str]:
@@ -85,8 +86,13 @@ def records_frame(store: Store, suite: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def published_frame(suite: Suite) -> pd.DataFrame | None:
-    """The published rows carried in bench/reference/ (the VPT paper's), or None."""
+PUBLISHED_LABELS = ("source", "weights", "selection", "config_note")
+
+
+def published_frame(suite: Suite) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The published rows carried in bench/reference/ (the VPT paper's), and for each its label:
+    source, backbone weights, how the number was selected, and where this suite does not run
+    the published configuration; or None."""
     path = resources.files("bench") / "reference" / f"published_{suite.name}.csv"
     if not path.is_file():
         return None
@@ -96,7 +102,31 @@ def published_frame(suite: Suite) -> pd.DataFrame | None:
     frame = add_means(table[tasks], suite)
     frame[PARAMS] = table["trainable_params_m"]
     frame[PARAMS_NO_HEAD] = float("nan")
-    return frame
+    labels = table.reindex(columns=list(PUBLISHED_LABELS)).fillna("")
+    return frame, labels
+
+
+def published_name(report: "Report", method: str) -> str:
+    """`<method> (published)`, with a dagger where the suite does not run that configuration."""
+    note = report.published_labels.loc[method, "config_note"] if report.published_labels is not None else ""
+    return f"{method} (published{'†' if note else ''})"
+
+
+def published_notes(report: "Report") -> list[str]:
+    """One line per published row shown: its source and selection, and its configuration note."""
+    if report.published is None:
+        return []
+    lines = []
+    for method in report.mean.index:
+        if method not in report.published.index:
+            continue
+        label = report.published_labels.loc[method]
+        line = (f"{published_name(report, method)}: {label['source']}; weights {label['weights']}; "
+                f"selected by {label['selection']}")
+        if label["config_note"]:
+            line += f"; † {label['config_note']}"
+        lines.append(line)
+    return lines
 
 
 def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False) -> Report:
@@ -134,12 +164,14 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     iters = [c for c in ("input_mean_iterations", "output_mean_iterations") if c in df.columns]
     if iters:
         table[SOLVER] = df.groupby("method")[iters].mean().mean(axis=1).reindex(methods)
-    published = None
+    published = labels = None
     if compare_published:
-        published = published_frame(suite)
-        if published is None:
+        found = published_frame(suite)
+        if found is None:
             notes.append(f"no published figures are carried for suite {suite.name!r}")
-    return Report(suite, stage, table, std, seeds, df, missing, notes, published)
+        else:
+            published, labels = found
+    return Report(suite, stage, table, std, seeds, df, missing, notes, published, labels)
 
 
 # ------------------------------------------------------------------------------------ display
@@ -166,7 +198,7 @@ def comparison_rows(report: Report) -> pd.DataFrame:
         if method not in report.published.index:
             continue
         pub = report.published.loc[method]
-        rows[f"{method} (published)"] = pub
+        rows[published_name(report, method)] = pub
         delta = report.mean.loc[method, report.accuracy_columns] - pub[report.accuracy_columns]
         rows[f"{method} (ours − published)"] = delta
     return pd.DataFrame(rows).T.reindex(columns=report.mean.columns)
@@ -212,6 +244,8 @@ def markdown_table(report: Report) -> str:
             f"{PARAMS}: trainable parameters with the head.\n\n" + display_frame(report).to_markdown(disable_numparse=True) + "\n")
     if report.missing:
         text += "\nMissing cells: " + ", ".join(f"{m}/{t}" for m, t in report.missing) + "\n"
+    for line in published_notes(report):
+        text += f"\n{line}\n"
     return text
 
 

@@ -39,18 +39,33 @@ class RunSpec:
     checkpoint: str | None
     image_size: int
     hparams: dict[str, Any] = field(hash=False)
+    # Fields added after the first records were written. Each has the value every earlier run
+    # had implicitly, and is left out of the run id while it has that value: a record written
+    # before the field existed keeps its id and is still recognised as done.
+    normalize: str = "backbone"      # backbone | imagenet | none: the mean/std images are normalised with
+    interpolation: str = "bicubic"   # bicubic | bilinear: how images are resized
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps({"v": SPEC_VERSION, **asdict(self)}, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps({"v": SPEC_VERSION, **self._identity()}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name, value in _LATER_FIELDS.items():
+            if d[name] == value:
+                del d[name]
+        return d
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k not in _LATER_FIELDS})
+
+
+_LATER_FIELDS = {"normalize": "backbone", "interpolation": "bicubic"}
 
 
 class Store:

@@ -20,8 +20,10 @@ else:  # pragma: no cover - Python 3.10
 
 from .errors import UserError
 
-FORMATS = ("vtab1k-folder", "fgvc-json", "demo")
+FORMATS = ("vtab1k-folder", "fgvc-json", "imagefolder", "demo")
 TRANSFORMS = ("resize", "crop-flip")
+NORMALIZATIONS = ("backbone", "imagenet", "none")
+INTERPOLATIONS = ("bicubic", "bilinear")
 PROTOCOLS = ("fixed", "vtab")
 STAGES = ("tune", "final")
 
@@ -58,6 +60,8 @@ class Suite:
     splits: dict[str, tuple[str, str]]
     tasks: tuple[Task, ...]
     transform: str = "resize"
+    normalize: str = "backbone"      # backbone: the backbone's own mean/std; imagenet; none (x / 255)
+    interpolation: str = "bicubic"
     protocol: str = "fixed"
     hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     grid: dict[str, dict[str, list]] = field(default_factory=dict, hash=False, compare=False)
@@ -83,7 +87,7 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "image_size": (int, True), "backbone": (str, True), "seeds": (list, False),
     "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
     "transform": (str, False), "hparams": (dict, False), "protocol": (str, False),
-    "grid": (dict, False),
+    "grid": (dict, False), "normalize": (str, False), "interpolation": (str, False),
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
@@ -131,6 +135,12 @@ def parse_suite(data: dict, src: str) -> Suite:
     transform = data.get("transform", "resize")
     if transform not in TRANSFORMS:
         raise UserError(f"{src}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}")
+    normalize = data.get("normalize", "backbone")
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"{src}: normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    interpolation = data.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"{src}: interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
     protocol = data.get("protocol", "fixed")
     if protocol not in PROTOCOLS:
         raise UserError(f"{src}: protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
@@ -187,7 +197,8 @@ def parse_suite(data: dict, src: str) -> Suite:
                  image_size=data["image_size"], backbone=data["backbone"], seeds=tuple(seeds),
                  groups=tuple(groups) or tuple(dict.fromkeys(t.group for t in tasks)),
                  splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
-                 transform=transform, protocol=protocol, grid=grid,
+                 transform=transform, normalize=normalize, interpolation=interpolation,
+                 protocol=protocol, grid=grid,
                  hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
                  path=src)
 

@@ -15,12 +15,16 @@ def trainable_params(backbone, num_classes, hparams) -> int:
 
 @register_method(
     "full",
-    defaults={"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.01},
+    # VPT's full fine-tuning recipe (configs/finetune): AdamW, weight decay 0.01, batch 384, 5 warmup
+    # epochs, the schedule stepped per epoch
+    defaults={"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.01, "batch_size": 384, "warmup_epochs": 5,
+              "lr_schedule": "epoch"},
     summary="every parameter trainable (AdamW)",
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022 (baseline)",
     formula=trainable_params,
     grid={"lr": [1e-3, 5e-4, 1e-4, 5e-3], "weight_decay": [0.01]},
     identity_at_init=True,
+    backbones="any",
 )
 def build(backbone, num_classes, hparams):
     """Fine-tune the whole backbone and a new linear head."""

@@ -15,7 +15,8 @@ def trainable_params(backbone, num_classes, hparams) -> int:
 
 @register_method(
     "linear",
-    defaults={"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0},
+    # VPT's linear-probe recipe (configs/linear): SGD, batch 1024, the schedule stepped per epoch
+    defaults={"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "batch_size": 1024, "lr_schedule": "epoch"},
     summary="frozen backbone, linear head on the CLS feature after the final norm",
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022 (baseline)",
     formula=trainable_params,
@@ -23,6 +24,7 @@ def trainable_params(backbone, num_classes, hparams) -> int:
     grid={"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
           "weight_decay": [0.01, 0.001, 0.0001, 0.0]},
     identity_at_init=True,
+    backbones="any",
     head_only=True,  # the engine trains the head on features computed once (bench/features.py)
 )
 def build(backbone, num_classes, hparams):

@@ -8,12 +8,13 @@ lottery ticket hypothesis, with a robust training in which a magnitude threshold
 non-key parameters and the non-key ones are driven to zero by strong regularisation; the
 motivation is the stable, low memory of deep implicit models.
 
-Our choices (each a hyperparameter):
+Our choices (each a hyperparameter; methods/README.md explains them):
 - Equilibrium layer: z* = f(z*, u) = relu(A z* + B u + b), output u + G z* + c, hidden width
-  `width`. The input layer acts token-wise on the ViT's tokens after patch and position
-  embedding (`input_space="token"`), or on the image itself with 3x3 convolutions
-  (`input_space="pixel"`, the paper's CNN setting suggests it); the output layer acts on the
-  pooled feature before the head. G and c start at zero, so LION starts as the frozen backbone.
+  `width`. The input layer acts on the image in front of the backbone with 3x3 convolutions
+  (`input_space="pixel"`, the default: the paper's Figure 2 puts it "in front of the input"), or
+  token-wise on a ViT's tokens after patch and position embedding (`input_space="token"`); the
+  output layer acts on the pooled feature behind the backbone, before the head. G and c start at
+  zero, so LION starts as the frozen backbone. The pixel variant works on any timm classifier.
 - Well-posedness: relu is 1-Lipschitz, so ||A||_inf <= `contraction` < 1 makes f a contraction
   in the infinity norm with a unique fixed point (El Ghaoui et al., "Implicit Deep Learning",
   2021). We keep it by projecting every row of A (a conv kernel's rows: one output channel's
@@ -23,9 +24,10 @@ Our choices (each a hyperparameter):
   `tol`), then one differentiable step of f. Backward: `backward="implicit"` solves the adjoint
   fixed point y = J^T y + grad with the same solver inside a backward hook (memory does not grow
   with the number of iterations); `backward="phantom"` keeps only the one-step gradient.
-- Pruning: after `prune_warmup` of the epochs, the weights (A, B, G) of each layer with
-  magnitude below that layer's `sparsity` quantile become non-key and get an L2 pull of
-  strength `prune_l2`; after the last epoch they are set to exactly zero and masked. The
+- Pruning in three phases: dense training; after `prune_start` of the epochs the weights (A, B,
+  G) of each layer with magnitude below that layer's `sparsity` quantile become non-key and an L2
+  pull of strength `prune_l2` drives them towards zero; after `prune_end` of the epochs they are
+  set to exactly zero and masked, and the key weights train on for the remaining epochs. The
   trainable-parameter count is the dense count minus the pruned weights.
 """
 
@@ -37,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timm.models.vision_transformer import VisionTransformer
+
 from bench.errors import UserError
-from bench.model import PeftModel, check_cls_vit, freeze, make_head
+from bench.model import PeftModel, freeze, make_head
 from bench.registry import register_method
 
 
@@ -57,7 +61,11 @@ def project_rows_l1(weight: torch.Tensor, radius: float) -> None:
     cond = mu - (cumsum - radius) / k > 0
     rho = cond.to(v.dtype).cumsum(1).argmax(1, keepdim=True)  # last index where cond holds
     theta = (cumsum.gather(1, rho) - radius) / (rho + 1).to(v.dtype)
-    rows[over] = v.sign() * (v.abs() - theta).clamp_min(0)
+    v = v.sign() * (v.abs() - theta).clamp_min(0)
+    # With entries far larger than the radius (a diverging step), v.abs() - theta cancels and
+    # rounding can leave a row outside the ball: scale such rows onto it, so the bound is exact.
+    v = v * (radius / v.abs().sum(1, keepdim=True).clamp_min(radius)).clamp_max(1.0)
+    rows[over] = v
 
 
 def fixed_point(f, z0: torch.Tensor, max_iter: int, tol: float):
@@ -95,7 +103,10 @@ def anderson(f, z0: torch.Tensor, max_iter: int, tol: float, m: int = 5, lam: fl
         reg = lam * GG.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
         H[:, 1:mk + 1, 1:mk + 1] = GG + reg[:, None, None] * torch.eye(mk, dtype=x0.dtype, device=x0.device)
         alpha = torch.linalg.solve(H[:, :mk + 1, :mk + 1], y[:, :mk + 1])[:, 1:mk + 1, 0]
-        X[:, k % m] = beta * (alpha[:, None] @ Fx[:, :mk])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :mk])[:, 0]
+        mixed = (alpha[:, None] @ Fx[:, :mk])[:, 0]
+        if beta != 1.0:  # undamped (the default) needs no second product
+            mixed = beta * mixed + (1 - beta) * (alpha[:, None] @ X[:, :mk])[:, 0]
+        X[:, k % m] = mixed
         Fx[:, k % m] = f(X[:, k % m].view(shape)).reshape(n, -1)
         res = ((Fx[:, k % m] - X[:, k % m]).norm() / (Fx[:, k % m].norm() + 1e-8)).item()
         if res < tol:
@@ -181,38 +192,55 @@ class EquilibriumLayer(nn.Module):
 
 class LIONModel(PeftModel):
     def __init__(self, backbone, num_classes: int, hp: dict):
-        check_cls_vit(backbone, "lion")
+        if hp["input_space"] not in ("token", "pixel"):
+            raise UserError(f"lion: input_space must be pixel or token, got {hp['input_space']!r}")
+        self_pixel = hp["input_space"] == "pixel"
+        if not self_pixel and not isinstance(backbone, VisionTransformer):
+            raise UserError(f"lion: input_space='token' acts on a ViT's tokens and needs a timm "
+                            f"VisionTransformer, got {type(backbone).__name__}; use input_space=pixel "
+                            "(the default), which works on any timm classifier")
+        if hp["sparsity"] > 0 and hp["epochs"] < 2:
+            raise UserError(f"lion: pruning masks the non-key weights and then trains the key ones for "
+                            f"at least one more epoch, so it needs epochs >= 2 (got {hp['epochs']}); "
+                            "raise epochs or set sparsity=0")
+        for key in ("prune_start", "prune_end"):
+            if not 0 < hp[key] < 1:
+                raise UserError(f"lion: {key} is a fraction of the epochs in (0, 1), got {hp[key]}")
+        if hp["prune_end"] < hp["prune_start"]:
+            raise UserError(f"lion: prune_end ({hp['prune_end']}) must not come before prune_start "
+                            f"({hp['prune_start']})")
+        if not 0 <= hp["sparsity"] < 1:
+            raise UserError(f"lion: sparsity must be in [0, 1), got {hp['sparsity']}")
         freeze(backbone)
-        super().__init__(backbone, make_head(backbone.embed_dim, num_classes), frozen_backbone=True)
+        dim = int(backbone.num_features)
+        super().__init__(backbone, make_head(dim, num_classes), frozen_backbone=True)
         opts = dict(solver=hp["solver"], max_iter=hp["max_iter"], tol=hp["tol"], backward=hp["backward"],
                     contraction=hp["contraction"])
-        if hp["input_space"] not in ("token", "pixel"):
-            raise UserError(f"lion: input_space must be token or pixel, got {hp['input_space']!r}")
-        self.pixel = hp["input_space"] == "pixel"
-        dim_in = 3 if self.pixel else backbone.embed_dim
-        width_in = hp["pixel_width"] if self.pixel else hp["width"]
-        self.input_layer = EquilibriumLayer(dim_in, width_in, conv=self.pixel, **opts)
-        self.output_layer = EquilibriumLayer(backbone.embed_dim, hp["width"], **opts)
-        self.sparsity, self.prune_warmup, self.prune_l2 = hp["sparsity"], hp["prune_warmup"], hp["prune_l2"]
+        self.pixel = self_pixel
+        if self.pixel:
+            self.input_layer = EquilibriumLayer(3, hp["pixel_width"], conv=True, **opts)
+        else:
+            self.input_layer = EquilibriumLayer(backbone.embed_dim, hp["width"], **opts)
+            # The tokens after patch and position embedding are the output of `norm_pre` (an
+            # Identity in most ViTs): a hook there puts the layer in place without copying the
+            # ViT's forward or calling its private methods.
+            backbone.norm_pre.register_forward_hook(_TokenLayerHook(self.input_layer))
+        self.output_layer = EquilibriumLayer(dim, hp["width"], **opts)
+        self.sparsity = hp["sparsity"]
+        self.prune_split_epoch, self.prune_mask_epoch = prune_schedule(hp["epochs"], hp["prune_start"],
+                                                                       hp["prune_end"])
+        self.prune_l2 = hp["prune_l2"]
         self.masks: dict[str, torch.Tensor] = {}  # 1 = key weight, 0 = non-key
         self.pruned = False
+        self.nonkey_share_at_mask: dict[str, float] = {}
 
     def layers(self):
         return [self.input_layer, self.output_layer]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        bb = self.backbone
         if self.pixel:
             x = self.input_layer(x)
-        x = bb.patch_embed(x)
-        x = bb._pos_embed(x)
-        x = bb.patch_drop(x)
-        x = bb.norm_pre(x)
-        if not self.pixel:
-            x = self.input_layer(x)
-        x = bb.blocks(x)
-        x = bb.norm(x)
-        return self.output_layer(bb.forward_head(x, pre_logits=True))
+        return self.output_layer(self.backbone(x))  # timm with num_classes=0: the pooled feature
 
     def _named_weights(self):
         for li, layer in enumerate(self.layers()):
@@ -229,9 +257,21 @@ class LIONModel(PeftModel):
             for name, w, m in zip("ABG", ws, keep.split([w.numel() for w in ws])):
                 self.masks[f"{li}.{name}"] = m.view_as(w).clone()
 
-    def finalize_pruning(self) -> None:
+    def nonkey_norm_shares(self) -> dict[str, float]:
+        """Per layer, the non-key weights' share of the layer's weight norm (0 once masked)."""
+        shares = {}
+        for li, name in enumerate(("input", "output")):
+            pairs = [(w.detach(), self.masks[f"{li}.{n}"]) for n, w in zip("ABG", self.layers()[li].weights())]
+            total = torch.sqrt(sum((w ** 2).sum() for w, _ in pairs))
+            nonkey = torch.sqrt(sum(((w * (1 - m)) ** 2).sum() for w, m in pairs))
+            shares[name] = float(nonkey / total) if total > 0 else 0.0
+        return shares
+
+    def mask_nonkey(self) -> None:
+        """Zero and mask the non-key weights; the key weights go on training."""
         if not self.masks:
             self.split_key_weights()
+        self.nonkey_share_at_mask = self.nonkey_norm_shares()
         self.pruned = True
         self.after_optimizer_step()
 
@@ -252,19 +292,30 @@ class LIONModel(PeftModel):
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         if self.sparsity <= 0:
             return
-        if not self.masks and epoch + 1 >= max(1, math.ceil(self.prune_warmup * epochs)) and epoch + 1 < epochs:
+        if epoch + 1 == self.prune_split_epoch and not self.masks:
             self.split_key_weights()
-        if epoch + 1 == epochs:
-            self.finalize_pruning()
+        if epoch + 1 == self.prune_mask_epoch and not self.pruned:
+            self.mask_nonkey()
+
+    def epoch_metrics(self) -> dict:
+        if self.sparsity <= 0:
+            return {}
+        phase = "masked" if self.pruned else ("pull" if self.masks else "dense")
+        out: dict = {"prune_phase": phase}
+        if self.masks and not self.pruned:
+            out.update({f"{k}_nonkey_norm_share": v for k, v in self.nonkey_norm_shares().items()})
+        return out
 
     def extra_state(self) -> dict:
         return {"masks": {k: m.clone() for k, m in self.masks.items()}, "pruned": self.pruned,
+                "nonkey_share_at_mask": dict(self.nonkey_share_at_mask),
                 "stats": [dict(layer.stats) for layer in self.layers()]}
 
     def load_extra_state(self, state: dict) -> None:
         device = self.head.weight.device
         self.masks = {k: m.to(device) for k, m in state["masks"].items()}
         self.pruned = state["pruned"]
+        self.nonkey_share_at_mask = dict(state.get("nonkey_share_at_mask", {}))
         for layer, stats in zip(self.layers(), state["stats"]):
             layer.stats = dict(stats)
 
@@ -284,32 +335,61 @@ class LIONModel(PeftModel):
             out[f"{name}_final_residual"] = layer.stats["residual"]
         out["pruned_fraction"] = (sum(int((1 - m).sum()) for m in self.masks.values()) /
                                   max(1, sum(m.numel() for m in self.masks.values()))) if self.pruned else 0.0
+        if self.pruned:
+            out["prune_split_epoch"] = self.prune_split_epoch
+            out["prune_mask_epoch"] = self.prune_mask_epoch
+            for name, share in self.nonkey_share_at_mask.items():
+                out[f"{name}_nonkey_norm_share_at_mask"] = share
         out.update(self.param_counts())
         return out
 
 
+class _TokenLayerHook:
+    """A forward hook that replaces a module's output by `layer(output)` (a plain object, so the
+    layer is not registered twice as a submodule)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, module, inputs, output):
+        return self.layer(output)
+
+
+def prune_schedule(epochs: int, start: float, end: float) -> tuple[int, int]:
+    """(split epoch, mask epoch), 1-based epochs after which each happens: the split into key and
+    non-key weights after `start` of the epochs, the mask after `end` of them, and at least one
+    epoch of training of the key weights alone after the mask."""
+    split = min(epochs - 1, max(1, math.ceil(start * epochs)))
+    mask = min(epochs - 1, max(split, math.ceil(end * epochs)))
+    return split, mask
+
+
 def trainable_params(backbone, num_classes, hp) -> int:
-    d, r = backbone.embed_dim, hp["width"]
+    """Dense count (before pruning) of both layers and the head."""
+    d, r = int(backbone.num_features), hp["width"]
     out_layer = r * r + (d * r + r) + (r * d + d)
     if hp["input_space"] == "pixel":
         p = hp["pixel_width"]
         in_layer = 9 * p * p + (9 * 3 * p + p) + (9 * p * 3 + 3)
     else:
-        in_layer = out_layer
+        e = backbone.embed_dim
+        in_layer = r * r + (e * r + r) + (r * e + e)
     return in_layer + out_layer + d * num_classes + num_classes
 
 
 @register_method(
     "lion",
-    defaults={"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "width": 32, "input_space": "token",
+    defaults={"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "width": 32, "input_space": "pixel",
               "pixel_width": 8, "solver": "anderson", "max_iter": 30, "tol": 1e-4, "backward": "implicit",
-              "contraction": 0.9, "sparsity": 0.5, "prune_warmup": 0.5, "prune_l2": 1e-2},
-    summary="two equilibrium layers (input tokens, pooled output) on a frozen ViT, lottery-ticket pruned",
+              "contraction": 0.9, "sparsity": 0.5, "prune_start": 0.3, "prune_end": 0.6, "prune_l2": 1.0},
+    summary="two equilibrium layers (on the image, on the pooled feature) around a frozen backbone, "
+            "lottery-ticket pruned",
     paper="Wang et al., LION: Implicit Vision Prompt Tuning, AAAI 2024 (reconstruction)",
     formula=trainable_params,
     grid={"lr": [1e-2, 5e-3, 1e-3], "weight_decay": [0.0, 1e-4]},
     identity_at_init=True,
+    backbones="any",
 )
 def build(backbone, num_classes, hparams):
-    """LION: implicit equilibrium prompts at both ends of a frozen ViT."""
+    """LION: implicit equilibrium layers at both ends of a frozen backbone."""
     return LIONModel(backbone, num_classes, hparams)

@@ -74,7 +74,10 @@ def _formula(deep: bool):
     return trainable_params
 
 
-COMMON = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0001, "prompt_length": 10}
+# VPT's prompt recipe (configs/prompt): SGD, batch 128, 10 warmup epochs of 100, the schedule
+# stepped once per epoch
+COMMON = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0001, "prompt_length": 10, "batch_size": 128,
+          "lr_schedule": "epoch"}
 
 
 @register_method(

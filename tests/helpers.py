@@ -115,3 +115,17 @@ def bench(*args: str, cwd: Path | None = None, env: dict | None = None, timeout:
 
 def record_files(results: Path) -> list[Path]:
     return sorted(p for p in results.rglob("*.json") if not {"_plans", "_submissions"} & set(p.parts) and not p.name.startswith("."))
+
+
+def write_imagefolder_task(root: Path, folder: str, classes: list[str], per_split: dict[str, int],
+                           seed: int = 0) -> Path:
+    """A task in torchvision's ImageFolder layout: <task>/<split>/<class>/<image>."""
+    rng = np.random.default_rng(seed)
+    task = root / folder
+    for split, n in per_split.items():
+        for i in range(n):
+            label = i % len(classes)
+            path = task / split / classes[label] / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            toy_image(label, rng).save(path)
+    return task

@@ -6,7 +6,7 @@ import torch
 from bench.data import ImageDataset, build_transforms, check_labels, read_split, resolve_data_root
 from bench.errors import DataError, UserError
 from bench.suite import load_suite
-from helpers import bench, write_fgvc_task, write_vtab_task
+from helpers import bench, write_fgvc_task, write_imagefolder_task, write_vtab_task
 
 
 @pytest.fixture
@@ -40,6 +40,49 @@ def test_images_are_rgb_resized_to_the_suite_size_and_normalised_with_the_backbo
     x, y = ds[0]
     assert x.shape == (3, 224, 224) and y == 1
     assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
+
+
+def test_normalisation_follows_the_suites_normalize_key():
+    from bench.data import IMAGENET_MEAN, IMAGENET_STD, normalization
+    assert normalization("backbone", (0.5,) * 3, (0.5,) * 3) == ((0.5,) * 3, (0.5,) * 3)
+    assert normalization("imagenet", (0.5,) * 3, (0.5,) * 3) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert normalization("none", (0.5,) * 3, (0.5,) * 3) == ((0.0,) * 3, (1.0,) * 3)
+    vtab, fgvc, demo = load_suite("vtab1k"), load_suite("fgvc"), load_suite("demo")
+    # VPT's code: ImageNet statistics and bilinear resizing for every backbone
+    assert (vtab.normalize, vtab.interpolation) == ("imagenet", "bilinear")
+    assert (fgvc.normalize, fgvc.interpolation) == ("imagenet", "bilinear")
+    assert (demo.normalize, demo.interpolation) == ("backbone", "bicubic")
+
+
+def test_the_interpolation_key_chooses_the_resampling(vtab, tmp_path):
+    from PIL import Image
+    suite, _ = vtab
+    path = tmp_path / "checker.png"
+    pixels = (torch.arange(7 * 5).reshape(7, 5) * 37 % 256).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(path)
+    out = {}
+    for mode in ("bilinear", "bicubic"):
+        decode, _ = build_transforms(suite, (0.0,) * 3, (1.0,) * 3, train=False, interpolation=mode)
+        out[mode] = decode(Image.open(path).convert("RGB"))
+        want = Image.open(path).convert("RGB").resize((224, 224), getattr(Image.Resampling, mode.upper()))
+        assert torch.equal(out[mode], torch.from_numpy(__import__("numpy").array(want)).permute(2, 0, 1))
+    assert not torch.equal(out["bilinear"], out["bicubic"])
+
+
+def test_imagefolder_labels_are_the_sorted_class_folders_shared_by_every_split(tmp_path):
+    suite = load_suite("lion-paper")
+    root = tmp_path / "lion"
+    classes = ["truck", "airplane", "cat"]
+    write_imagefolder_task(root, "CIFAR10", classes, {"train": 9, "test": 6})
+    (root / "CIFAR10" / "test" / "cat").rename(root / "CIFAR10" / "test" / ".cat-hidden")  # a split may lack a class
+    task = suite.task("cifar10")
+    train = read_split(suite, task, root, "train")
+    assert len(train.items) == 9
+    assert {p.parent.name: y for p, y in train.items} == {"airplane": 0, "cat": 1, "truck": 2}
+    test = read_split(suite, task, root, "test")
+    assert {p.parent.name: y for p, y in test.items} == {"airplane": 0, "truck": 2}
+    with pytest.raises(DataError, match=r"split folder .*CIFAR10/val not found \(split folders there: test, train\)"):
+        read_split(suite, task, root, "val")
 
 
 def test_a_missing_task_folder_names_the_task_the_aliases_and_the_layout(vtab):

@@ -80,3 +80,39 @@ def test_the_demo_end_to_end_every_method_beats_chance_widely(tmp_path):
         chance = 100.0 / task.num_classes
         assert rec["status"] == "ok"
         assert rec["metrics"]["top1"] > chance + 25, (rec["spec"]["method"], task.name, rec["metrics"]["top1"])
+
+
+def _frozen_features(suite, root, task, split):
+    """The demo backbone's pooled features of one split, as the linear probe sees them."""
+    from bench.data import build_transforms, decode_split
+    from bench.engine import build_model
+
+    spec = plan(suite, select_methods("linear"), [task], [0], "final", suite.backbone, None, [])[0]
+    model, mean, std = build_model(spec, task.num_classes)
+    decode, augment = build_transforms(suite, mean, std, train=False, interpolation=spec.interpolation)
+    decoded = decode_split(read_split(suite, task, root, split), decode)
+    with torch.no_grad():
+        feats = model.eval().features(augment(decoded.pixels))
+    return feats.numpy(), decoded.labels.numpy()
+
+
+def test_the_demo_linear_probe_has_converged_to_what_logistic_regression_gets_on_its_features(demo):
+    """The demo's budget for `linear` must not under-train it: its accuracy lands within 1.5
+    points (mean over the tasks) of scikit-learn's logistic regression on the same frozen
+    features, with C chosen on val200 and refit on train800val200."""
+    from sklearn.linear_model import LogisticRegression
+
+    suite, root = demo
+    ours, sklearn = [], []
+    for task in suite.tasks:
+        feats = {s: _frozen_features(suite, root, task, s) for s in ("train800", "val200", "train800val200", "test")}
+
+        def fit(c, split):
+            return LogisticRegression(C=c, max_iter=3000).fit(*feats[split])
+
+        best_c = max([0.01, 0.1, 1.0, 10.0, 100.0], key=lambda c: fit(c, "train800").score(*feats["val200"]))
+        sklearn.append(100 * fit(best_c, "train800val200").score(*feats["test"]))
+        spec = plan(suite, select_methods("linear"), [task], [42], "final", suite.backbone, None, [])[0]
+        ours.append(run(spec, suite, root, CPU)["metrics"]["top1"])
+    mean_ours, mean_sklearn = sum(ours) / len(ours), sum(sklearn) / len(sklearn)
+    assert abs(mean_ours - mean_sklearn) <= 1.5, (ours, sklearn)

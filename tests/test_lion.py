@@ -1,11 +1,14 @@
 """LION's equilibrium layers: the solver converges, the implicit gradient is the true one,
-memory does not grow with iterations, pruning is exact and stays."""
+memory does not grow with iterations, the contraction holds through training, and the
+lottery-ticket pruning splits, pulls, masks and then trains what it kept."""
 
 import pytest
 import timm
 import torch
 
-from bench.methods.lion import EquilibriumLayer, anderson, fixed_point, project_rows_l1
+from bench.engine import make_optimizer, train_step
+from bench.errors import UserError
+from bench.methods.lion import EquilibriumLayer, anderson, fixed_point, project_rows_l1, prune_schedule
 from bench.registry import get_method
 
 
@@ -121,7 +124,7 @@ def test_pruning_zeroes_exactly_the_requested_fraction_and_it_stays_zero(sparsit
                 p.add_(torch.randn_like(p) * 0.1)
     dense = model.param_counts()["trainable_params"]
     model.split_key_weights()
-    model.finalize_pruning()
+    model.mask_nonkey()
     for li, layer in enumerate(model.layers()):
         masks = [model.masks[f"{li}.{n}"] for n in "ABG"]
         total = sum(mk.numel() for mk in masks)
@@ -155,3 +158,115 @@ def test_the_pixel_space_input_layer_starts_as_the_identity_on_the_image():
         assert torch.equal(model.input_layer(x), x)
         assert torch.allclose(model.features(x), tiny_vit().eval()(x), atol=1e-6)
     assert model.param_counts()["trainable_params"] == m.formula(tiny_vit(), 3, {**m.defaults, "input_space": "pixel"})
+
+
+def lion(backbone=None, **overrides):
+    m = get_method("lion")
+    return m.build(backbone if backbone is not None else tiny_vit(), 4, {**m.defaults, **overrides})
+
+
+def row_l1(layer):
+    return layer.A.weight.detach().reshape(layer.A.weight.shape[0], -1).abs().sum(1).max().item()
+
+
+@pytest.mark.parametrize("space", ["pixel", "token"])
+def test_training_steps_that_leave_the_contraction_ball_are_projected_back_onto_it(space):
+    """The well-posedness of both layers rests on ||A||_inf <= contraction: an optimizer step
+    that leaves the ball must be projected back before the next forward."""
+    torch.manual_seed(0)
+    model = lion(input_space=space, contraction=0.5)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 3] * 2)
+    left_the_ball = False
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        left_the_ball |= max(row_l1(layer) for layer in model.layers()) > 0.5 + 1e-3
+        model.after_optimizer_step()  # what the engine calls after every step
+        for layer in model.layers():
+            assert row_l1(layer) <= 0.5 + 1e-5
+    assert left_the_ball  # the steps really tried to leave it, so the projection was needed
+
+
+def test_the_solver_finds_the_same_fixed_point_from_any_start_after_training():
+    """A contraction has one fixed point: different starts must agree after the weights moved."""
+    torch.manual_seed(0)
+    model = lion(contraction=0.9)
+    model.train()
+    opt = make_optimizer(model, {**model_defaults(), "lr": 1.0, "lr_batch_base": 0})
+    x, y = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 3] * 2)
+    for _ in range(5):
+        train_step(model, opt, x, y)
+    layer = model.output_layer
+    inj = layer.B(torch.randn(4, 24)).detach()
+    f = lambda z: layer.f(z, inj)  # noqa: E731
+    with torch.no_grad():
+        a, _, _ = fixed_point(f, torch.zeros_like(inj), 500, 1e-9)
+        b, _, _ = fixed_point(f, torch.randn_like(inj) * 10, 500, 1e-9)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def model_defaults():
+    return dict(get_method("lion").defaults)
+
+
+def test_the_prune_schedule_leaves_epochs_to_pull_and_to_train_the_key_weights():
+    assert prune_schedule(100, 0.3, 0.6) == (30, 60)
+    assert prune_schedule(10, 0.3, 0.6) == (3, 6)
+    assert prune_schedule(2, 0.3, 0.6) == (1, 1)  # no room to pull: split and mask, then one epoch
+    for epochs in range(2, 40):
+        split, mask = prune_schedule(epochs, 0.3, 0.6)
+        assert 1 <= split <= mask < epochs  # at least one epoch after the mask
+
+
+def test_pruning_splits_then_pulls_the_non_key_weights_then_masks_them_and_trains_the_rest():
+    torch.manual_seed(0)
+    model = lion(epochs=10, prune_start=0.3, prune_end=0.6, prune_l2=1.0)
+    model.train()
+    opt = make_optimizer(model, {**model_defaults(), "lr": 0.05, "lr_batch_base": 0})
+    x, y = torch.randn(16, 3, 16, 16), torch.tensor([0, 1, 2, 3] * 4)
+    phases, shares = [], []
+    key_before_last_epochs = None
+    for epoch in range(10):
+        for _ in range(4):
+            train_step(model, opt, x, y)
+        model.on_epoch_end(epoch, 10)
+        metrics = model.epoch_metrics()
+        phases.append(metrics["prune_phase"])
+        shares.append(metrics.get("output_nonkey_norm_share"))
+        if epoch == 6:
+            key_before_last_epochs = {n: w.detach().clone() for n, w in model._named_weights()}
+    assert phases == ["dense"] * 2 + ["pull"] * 3 + ["masked"] * 5
+    # the pull drives the non-key weights towards zero before they are masked
+    assert shares[4] < shares[2]
+    run = model.run_metrics()
+    assert (run["prune_split_epoch"], run["prune_mask_epoch"]) == (3, 6)
+    assert 0 <= run["output_nonkey_norm_share_at_mask"] < 0.5 and run["pruned_fraction"] == 0.5
+    # masked weights are exactly zero; the key weights went on training after the mask
+    moved = 0
+    for name, w in model._named_weights():
+        mask = model.masks[name]
+        assert (w.detach()[mask == 0] == 0).all()
+        moved += int((w.detach() != key_before_last_epochs[name])[mask == 1].sum())
+    assert moved > 0
+
+
+def test_pruning_needs_an_epoch_after_the_mask_and_sensible_fractions():
+    with pytest.raises(UserError, match="epochs >= 2"):
+        lion(epochs=1)
+    lion(epochs=1, sparsity=0.0)  # nothing to prune: one epoch is fine
+    with pytest.raises(UserError, match="prune_end"):
+        lion(prune_start=0.6, prune_end=0.3)
+    with pytest.raises(UserError, match="sparsity"):
+        lion(sparsity=1.0)
+
+
+def test_the_token_input_layer_needs_a_vit_and_the_pixel_one_works_on_any_classifier():
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    with pytest.raises(UserError, match="input_space=pixel"):
+        lion(resnet, input_space="token")
+    model = lion(timm.create_model("test_resnet", pretrained=False, num_classes=0))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)

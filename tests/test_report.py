@@ -107,6 +107,18 @@ def test_compare_published_prints_the_vpt_rows_and_our_difference(store, tmp_pat
     files = write_report(report, tmp_path / "out", ["md", "latex", "csv"])
     assert [p.suffix for p in files] == [".md", ".tex", ".csv"]
     assert "linear (published)" in files[2].read_text()
+    # every published row says where it comes from and how its number was selected
+    assert "linear (published): VPT paper Table 1" in md and "selected by val200 tuning then last epoch" in md
+
+
+def test_a_published_row_whose_configuration_the_suite_does_not_run_is_marked(store):
+    for task in VTAB.tasks:
+        add_record(store, "vpt-shallow", task.name, 1, 70.0)
+        add_record(store, "vpt-deep", task.name, 1, 70.0)
+    md = markdown_table(build_report(store, VTAB, compare_published=True))
+    assert "| vpt-shallow (published†)" in md and "| vpt-deep (published†)" in md
+    assert "† VPT tuned the prompt length per task" in md
+    assert "† params 0.56M as published" in md
 
 
 def test_plots_are_written_as_png_and_pdf(store, tmp_path):

@@ -29,6 +29,15 @@ def test_the_run_id_is_a_stable_hash_of_the_whole_spec():
     assert RunSpec.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id
 
 
+def test_normalisation_and_interpolation_change_the_run_id_and_old_records_keep_theirs():
+    a = spec()
+    assert len({a.run_id, spec(normalize="imagenet").run_id, spec(interpolation="bilinear").run_id}) == 3
+    # A record written before these fields existed holds a spec without them, at the values
+    # every run had then: its id, computed then and now, is the same.
+    old = {k: v for k, v in a.to_dict().items() if k not in ("normalize", "interpolation")}
+    assert RunSpec.from_dict(old).run_id == a.run_id == "b02f17352eacc455"  # the id before the change
+
+
 def test_records_land_in_the_design_layout_and_leave_no_temp_files(tmp_path):
     store = Store(tmp_path)
     s = spec()

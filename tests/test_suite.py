@@ -103,5 +103,5 @@ def test_malformed_suite_files_name_the_file_and_the_key(tmp_path, text, message
 
 
 def test_unknown_suite_lists_the_built_in_ones():
-    with pytest.raises(UserError, match="unknown suite 'vtab'; built-in suites: demo, fgvc, vtab1k"):
+    with pytest.raises(UserError, match="unknown suite 'vtab'; built-in suites: demo, fgvc, lion-paper, vtab1k"):
         load_suite("vtab")
