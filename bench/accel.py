@@ -26,8 +26,8 @@ from . import features
 from .data import (DecodedDataset, ImageDataset, SplitItems, batch_loader, build_transforms,
                    decode_split, random_augmentation)
 from .errors import UserError
-from .registry import get_method
-from .store import RunSpec
+from .method import get_method
+from .spec import RunSpec
 from .suite import Suite
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -122,6 +122,21 @@ class RunModel(nn.Module):
             return getattr(self._modules["inner"], name)
 
 
+@contextlib.contextmanager
+def tf32(device: torch.device):
+    """On CUDA, fp32 matmuls and convolutions in TF32 while a run trains and evaluates; the
+    process's previous settings come back afterwards (they are process-wide)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @dataclass
 class Setup:
     model: nn.Module
@@ -134,7 +149,7 @@ def prepare(spec: RunSpec, suite: Suite, model: nn.Module, train_loader, eval_lo
     `Setup.metrics` is filled in as the run goes (the features' time once they are computed)."""
     device = opts.device
     hp = spec.hparams
-    precision = resolve_precision(opts.precision, device)
+    precision = resolve_precision(spec.precision or "auto", device)
     dtype = torch.bfloat16 if precision == "bf16" else None
     channels_last = bool(opts.channels_last) and device.type == "cuda"
     metrics: dict[str, Any] = {
@@ -142,9 +157,7 @@ def prepare(spec: RunSpec, suite: Suite, model: nn.Module, train_loader, eval_lo
         "decode_seconds": sum(getattr(dl.dataset, "decode_seconds", 0.0) for dl in (train_loader, eval_loader)),
     }
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions in TF32
-        torch.backends.cudnn.allow_tf32 = True
-        metrics["tf32"] = True
+        metrics["tf32"] = True  # set for the run's duration by `tf32`
         metrics["channels_last"] = channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)

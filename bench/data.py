@@ -1,13 +1,5 @@
-"""Data readers for the community's on-disk formats, and the image pipeline.
-
-- `vtab1k-folder` (NOAH's get_vtab1k.py): `<root>/<task>/<split>.txt`, each line
-  `images/<split>/<file> <label>` (0-based), paths relative to `<root>/<task>/`.
-- `fgvc-json` (VPT): `<root>/<task>/<split>.json`, `{"<relative image path>": class_id}`, paths
-  relative to `<root>/<task>/<image_dir>/`; class ids remapped to 0..C-1 in sorted order over
-  all of the task's json splits, so every split agrees on the mapping.
-- `imagefolder` (torchvision's ImageFolder, per task): `<root>/<task>/<split>/<class>/<image>`;
-  labels are the class folders' sorted order over all of the task's splits.
-- `demo`: materialised by `bench.demo` into the vtab1k-folder layout, then read as such.
+"""A suite's data: the data root, a task's splits (read by the suite's format, one file each in
+`bench/formats/`), labels, and the image pipeline (decode once, resize, normalise).
 
 A split name `a+b` concatenates splits (e.g. FGVC's `train+val`).
 """
@@ -15,7 +7,6 @@ A split name `a+b` concatenates splits (e.g. FGVC's `train+val`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import Counter, OrderedDict
@@ -28,39 +19,22 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from . import demo
 from .errors import DataError, UserError
+from .formats import FORMATS, SplitItems
+from .paths import cache_dir
+from .sources import SOURCES
 from .suite import Suite, Task
 
-VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
-FGVC_SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class SplitItems:
-    task: str
-    split: str
-    items: list[tuple[Path, int]]
-    source: str  # the split file(s), for messages
-    bad_lines: list[str] = field(default_factory=list)
-
-
 def layout_help(suite: Suite) -> str:
-    if suite.format == "imagefolder":
-        return ("expected torchvision's ImageFolder layout per task: "
-                "<data-root>/<task>/<split>/<class name>/<image>, the same class folders in every split")
-    if suite.format == "fgvc-json":
-        return ("expected VPT's FGVC layout: <data-root>/<task>/{train,val,test}.json mapping image "
-                "paths to class ids, images under <data-root>/<task>/<image_dir>/")
-    return ("expected the VTAB-1k layout written by NOAH's get_vtab1k.py: "
-            "<data-root>/<task>/{train800,val200,train800val200,test}.txt, each line "
-            "'images/<split>/<file> <label>', images under <data-root>/<task>/images/")
+    return FORMATS.get(suite.format).layout
 
 
-def resolve_data_root(suite: Suite, data_root: str | Path | None) -> Path:
-    """The folder holding the suite's task folders; the demo is materialised there on first use."""
-    if suite.format == "demo":
-        return demo.materialize(Path(data_root).expanduser() if data_root else None)
+def resolve_data_root(suite: Suite, data_root: str | Path | None, progress=None) -> Path:
+    """The folder holding the suite's task folders. A suite with a data source (the demo) has
+    it written there on first use (default: the source's folder in the cache)."""
+    if suite.source:
+        source = SOURCES.get(suite.source)()
+        return source.prepare(Path(data_root).expanduser() if data_root else None, progress=progress)
     if data_root is None:
         raise UserError(f"suite {suite.name!r} reads data from disk: pass --data-root DIR "
                         f"({layout_help(suite)})")
@@ -86,101 +60,12 @@ def task_dir(suite: Suite, task: Task, root: Path) -> Path:
                     f"{layout_help(suite)}")
 
 
-def _vtab_split(folder: Path, task: Task, split: str, strict: bool) -> SplitItems:
-    path = folder / f"{split}.txt"
-    if not path.is_file():
-        raise DataError(f"task {task.name!r}: split file {path} not found; expected one of "
-                        f"{', '.join(s + '.txt' for s in VTAB_SPLITS)} in {folder}")
-    items, bad = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        try:
-            rel, label = parts[0], int(parts[1])
-        except (IndexError, ValueError):
-            bad.append(f"{path}:{lineno}: expected '<image path> <integer label>', got {line!r}")
-            continue
-        items.append((folder / rel, label))
-    if bad and strict:
-        raise DataError(bad[0] + (f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""))
-    return SplitItems(task.name, split, items, str(path), bad)
-
-
-def fgvc_class_map(folder: Path) -> dict[int, int]:
-    ids: set[int] = set()
-    for s in FGVC_SPLITS:
-        p = folder / f"{s}.json"
-        if p.is_file():
-            ids.update(int(v) for v in _read_json(p).values())
-    return {cid: i for i, cid in enumerate(sorted(ids))}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object {{\"<image path>\": class_id}}, "
-                        f"got {type(data).__name__}")
-    bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
-    if bad:
-        raise DataError(f"{path}: class id of {bad[0]!r} is {data[bad[0]]!r}, expected an integer")
-    return data
-
-
-def _fgvc_split(folder: Path, task: Task, split: str) -> SplitItems:
-    path = folder / f"{split}.json"
-    if not path.is_file():
-        raise DataError(f"task {task.name!r}: split file {path} not found; expected "
-                        f"{', '.join(s + '.json' for s in FGVC_SPLITS)} in {folder}")
-    mapping = fgvc_class_map(folder)
-    image_root = folder / task.image_dir if task.image_dir else folder
-    items = [(image_root / rel, mapping[int(cid)]) for rel, cid in _read_json(path).items()]
-    return SplitItems(task.name, split, items, str(path))
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def imagefolder_classes(folder: Path) -> list[str]:
-    """The class names of an imagefolder task: the sorted class folders found in any of its split
-    folders, so every split maps a class name to the same label (as torchvision's ImageFolder
-    does within one split)."""
-    names: set[str] = set()
-    for split_dir in folder.iterdir():
-        if split_dir.is_dir() and not split_dir.name.startswith("."):
-            names.update(c.name for c in split_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
-    return sorted(names)
-
-
-def _imagefolder_split(folder: Path, task: Task, split: str) -> SplitItems:
-    split_dir = folder / split
-    if not split_dir.is_dir():
-        present = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise DataError(f"task {task.name!r}: split folder {split_dir} not found (split folders there: "
-                        f"{', '.join(present) or 'none'}); expected <task>/{split}/<class>/<image>")
-    label = {name: i for i, name in enumerate(imagefolder_classes(folder))}
-    items = []
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                items.append((path, label[class_dir.name]))
-    return SplitItems(task.name, split, items, str(split_dir))
-
-
 def read_split(suite: Suite, task: Task, root: Path, split: str, strict: bool = True) -> SplitItems:
-    """The (image path, label) list of a task's split; `a+b` concatenates splits."""
+    """The (image path, label) list of a task's split, read by the suite's data format;
+    `a+b` concatenates splits."""
     folder = task_dir(suite, task, root)
-    parts = []
-    for name in split.split("+"):
-        if suite.format == "fgvc-json":
-            parts.append(_fgvc_split(folder, task, name))
-        elif suite.format == "imagefolder":
-            parts.append(_imagefolder_split(folder, task, name))
-        else:
-            parts.append(_vtab_split(folder, task, name, strict))
+    reader = FORMATS.get(suite.format)()
+    parts = [reader.read_split(task, folder, name, strict) for name in split.split("+")]
     if len(parts) == 1:
         return parts[0]
     return SplitItems(task.name, split, [it for p in parts for it in p.items],
@@ -340,7 +225,7 @@ def _disk_path(split: SplitItems, key: str) -> list[Path]:
     """Where a decoded split is stored: beside the split file, else in the user's cache."""
     name = f"{split.split.replace('+', '_')}-{key[:20]}.pt"
     here = Path(split.source.split(" + ")[0]).parent / ".peftbench-decoded" / name
-    return [here, demo.cache_dir() / "decoded" / name]
+    return [here, cache_dir() / "decoded" / name]
 
 
 def _read_disk(paths: list[Path], key: str, budget: int) -> DecodedSplit | None:

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from . import accel
 from .backbones import create_backbone
 from .data import check_labels, normalization, read_split
+from .errors import UserError
 from .measure import PeakMemory, forward_gflops
+from .method import get_method
 from .model import PeftModel, warmup_cosine, warmup_cosine_per_epoch
-from .registry import get_method
-from .store import RunSpec
+from .spec import RunSpec
 from .suite import Suite
 
 
@@ -36,8 +37,8 @@ class DivergedError(RuntimeError):
 class EngineOptions:
     device: torch.device
     workers: int = 0
-    # speed (bench/accel.py); none changes what a run computes beyond float rounding
-    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    # speed (bench/accel.py); none changes what a run computes beyond float rounding (the
+    # precision, which does, is the spec's)
     compile: bool = False           # torch.compile the model's forward
     channels_last: bool = False     # channels-last images (CUDA only)
     feature_cache: bool = True      # head-only methods train on features computed once
@@ -48,6 +49,26 @@ class EngineOptions:
     # which for full fine-tuning of a ViT-B is about 1 GB, so not after every short epoch.
     checkpoint_path: Path | None = None
     checkpoint_interval: float = 120.0
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """`auto` (CUDA where there is one, else the CPU), `cpu`, `cuda` or `cuda:N`, checked here."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -156,7 +177,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
     """Train and evaluate one spec; returns the record's `metrics`, `curve` and `method_metrics`."""
     hp = spec.hparams
     task = suite.task(spec.task)
-    train_split, eval_split = suite.splits[spec.stage]
+    train_split, eval_split = spec.splits or suite.splits[spec.stage]
     device = opts.device
     gen = seed_everything(spec.seed)
 
@@ -200,7 +221,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
     label = f"{spec.method} · {spec.task} · seed {spec.seed}"
     bar = _progress_task(opts.progress, f"train {label}", total_steps)
     _advance(opts.progress, bar, start_epoch * steps_per_epoch)
-    with PeakMemory(device) as peak:
+    with PeakMemory(device) as peak, accel.tf32(device):
         for epoch in range(start_epoch, hp["epochs"]):
             model.train()
             t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import DecodedDataset, DecodedSplit, random_augmentation
 from .model import PeftModel
-from .registry import Method
+from .method import Method
 from .suite import Suite
 
 

@@ -11,16 +11,13 @@ records, so skip-on-rerun, status and reports work for them unchanged.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from typing import Any
 
 from .errors import UserError
-from .launch import parse_overrides
-from .registry import Method
-from .store import RunSpec, Store
+from .method import Method
+from .spec import RunSpec, parse_overrides, with_stage
+from .store import Store
 from .suite import Suite
-
-PROTOCOLS = ("fixed", "vtab")
 
 
 def method_grid(method: Method, suite: Suite, overrides: list[str]) -> dict[str, list[Any]]:
@@ -29,10 +26,10 @@ def method_grid(method: Method, suite: Suite, overrides: list[str]) -> dict[str,
     grid = dict(method.grid or {})
     for name in (method.name, *method.aliases):
         for key, values in suite.grid.get(name, {}).items():
-            if key not in method.defaults:
+            if key not in method.settings:
                 raise UserError(f"{suite.path} [grid.{name}]: method {method.name!r} has no "
-                                f"hyperparameter {key!r}")
-            grid[key] = list(values)
+                                f"hyperparameter {key!r}; its hyperparameters: {', '.join(sorted(method.settings))}")
+            grid[key] = [method.settings[key].check(key, v, f"{suite.path} [grid.{name}]") for v in values]
     fixed = {key for scope, key, _ in parse_overrides(overrides)
              if scope is None or scope in (method.name, *method.aliases)}
     return {k: v for k, v in grid.items() if k not in fixed}
@@ -43,12 +40,17 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
 
 
-def tune_specs(base: list[RunSpec], grids: dict[str, dict[str, list[Any]]]) -> list[RunSpec]:
-    """One tune-stage spec per (method, task) and grid point; `base` are one seed's final specs."""
+def tune_specs(suite: Suite, base: list[RunSpec], grids: dict[str, dict[str, list[Any]]]) -> list[RunSpec]:
+    """One tune-stage spec per (method, task) and grid point; `base` are one seed's final specs.
+    Each point is checked as a whole (e.g. warmup within the epochs) before anything runs."""
+    from .method import get_method
+
     specs = []
     for spec in base:
+        method = get_method(spec.method)
         for point in grid_points(grids[spec.method]):
-            specs.append(replace(spec, stage="tune", hparams={**spec.hparams, **point}))
+            hp = method.check_hparams({**spec.hparams, **point}, f"{suite.path} grid point {point}")
+            specs.append(with_stage(spec, suite, "tune", hp))
     return specs
 
 
@@ -74,6 +76,5 @@ def select(store: Store, tune: list[RunSpec]) -> tuple[dict[tuple[str, str], dic
     return best, waiting
 
 
-def final_specs(base: list[RunSpec], best: dict[tuple[str, str], dict]) -> list[RunSpec]:
-    return [replace(s, stage="final", hparams=best[(s.method, s.task)])
-            for s in base if (s.method, s.task) in best]
+def final_specs(suite: Suite, base: list[RunSpec], best: dict[tuple[str, str], dict]) -> list[RunSpec]:
+    return [with_stage(s, suite, "final", best[(s.method, s.task)]) for s in base if (s.method, s.task) in best]

@@ -1,149 +1,168 @@
-"""The method registry: one decorator, string names, aliases, default hyperparameters.
+"""One generic registry behind every extension point: methods, data formats, data sources,
+executors and report writers.
 
-Built-in methods live in `methods/` (installed as `bench.methods`) and register themselves when
-imported. Third-party methods register through the `peftbench.methods` entry-point group or a
-file passed with `--plugin path/to/file.py`.
+A registry maps names (and aliases) to items. Built-in items live one file each in a package
+(`methods/` installed as `bench.methods`, `bench/formats/`, `bench/executors/`, ...) and
+register themselves when imported; third-party items register through an entry-point group
+(`peftbench.methods`, ...) or a file passed with `--plugin path/to/file.py`. Built-ins always
+load first, so a plugin that reuses a built-in name is the one told so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pkgutil
 import sys
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import UserError
 
-# Every method trains through the same engine, so every method has these knobs. Methods override
-# the values (e.g. full fine-tuning uses AdamW); suites and `--set` override them per run.
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "optimizer": "sgd",          # sgd | adamw
-    "lr": 0.1,                   # base learning rate for a batch of `lr_batch_base` images
-    "lr_batch_base": 256,        # lr is scaled by batch_size / lr_batch_base (VPT); 0 disables
-    "weight_decay": 0.0,         # not applied to 1-D parameters (biases, norms)
-    "momentum": 0.9,
-    "epochs": 100,
-    "warmup_epochs": 10,         # linear warmup, then cosine decay to zero
-    "lr_schedule": "step",       # step: the schedule advances every step; epoch: once per epoch (VPT's code)
-    "batch_size": 128,
-    "eval_batch_size": 256,
-}
+T = TypeVar("T")
 
 
-@dataclass
-class Method:
-    name: str
-    build: Callable[..., nn.Module]
-    defaults: dict[str, Any]
-    aliases: tuple[str, ...] = ()
-    summary: str = ""
-    paper: str = ""
-    source: str = ""
-    # trainable parameters (head included) as the paper's formula gives them, for the contract
-    # tests: formula(backbone, num_classes, hparams) -> int
-    formula: Callable[..., int] | None = None
-    # the paper's hyperparameter grid, for the tune stage: {"lr": [...], "weight_decay": [...]}
-    grid: dict[str, list[Any]] | None = None
-    # True where the method's features equal the frozen backbone's at initialisation
-    identity_at_init: bool = False
-    # True where only the head trains, on a frozen backbone kept in eval mode: the engine may
-    # then compute the features once and train the head on them (bench/features.py)
-    head_only: bool = False
-    # "vit": timm VisionTransformers (with the modules the method needs); "any": any timm
-    # classifier, since the method touches only the image, the pooled feature or every parameter
-    backbones: str = "vit"
+class Registry(Generic[T]):
+    """Names -> items of one kind, with aliases, built-ins, entry points and plugins."""
 
+    def __init__(self, kind: str, package: str, group: str, hint: str = ""):
+        self.kind = kind            # "method", "data format", ... (for messages)
+        self.hint = hint            # appended to the unknown-name error
+        self.package = package      # where the built-in items live, one module each
+        self.group = group          # the entry-point group of third-party items
+        self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
+        self._origin: dict[str, str] = {}
+        self._loaded = False
+        self._loading = False
 
-_METHODS: dict[str, Method] = {}
-_ALIASES: dict[str, str] = {}
-_LOADED = False
+    # ------------------------------------------------------------------ registering
+    def add(self, name: str, item: T, aliases: tuple[str, ...] = (), origin: str = "") -> T:
+        """Register `item` under `name` and `aliases`; a name taken by another item is an error
+        that names both sides."""
+        if not self._loading:
+            self.load()  # built-ins first: a clash is then always the newcomer's
+        for key in (name, *aliases):
+            owner = self._aliases.get(key.lower())
+            if owner is not None and self._origin[owner] != origin:
+                raise UserError(f"{origin or 'a plugin'} registers {self.kind} {key!r}, which "
+                                f"{self._origin[owner]} already registers; choose another name")
+        self._items[name] = item
+        self._origin[name] = origin
+        for key in (name, *aliases):
+            self._aliases[key.lower()] = name
+        return item
 
+    # --------------------------------------------------------------------- looking up
+    def get(self, name: str) -> T:
+        self.load()
+        canonical = self._aliases.get(name.lower())
+        if canonical is None:
+            raise UserError(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
+                            f"{', '.join(self.names())}{self.hint}")
+        return self._items[canonical]
 
-def register_method(name: str, *, defaults: dict[str, Any] | None = None, aliases: tuple[str, ...] = (),
-                    summary: str = "", paper: str = "", formula: Callable[..., int] | None = None,
-                    grid: dict[str, list[Any]] | None = None, identity_at_init: bool = False,
-                    head_only: bool = False, backbones: str = "vit"):
-    """Decorate `build(backbone, num_classes, hparams) -> PeftModel` to register a method."""
-    if backbones not in ("vit", "any"):
-        raise ValueError(f"register_method({name!r}): backbones must be 'vit' or 'any', got {backbones!r}")
+    def canonical(self, name: str) -> str:
+        self.get(name)
+        return self._aliases[name.lower()]
 
-    def wrap(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        merged = {**ENGINE_DEFAULTS, **(defaults or {})}
-        for key in [name, *aliases]:
-            owner = _ALIASES.get(key)
-            if owner is not None and _METHODS[owner].build is not build:
-                raise ValueError(f"method name {key!r} is already registered by {_METHODS[owner].source}")
-        _METHODS[name] = Method(name=name, build=build, defaults=merged, aliases=tuple(aliases),
-                                summary=summary or (build.__doc__ or "").strip().split("\n")[0],
-                                paper=paper, source=f"{build.__module__}.{build.__qualname__}",
-                                formula=formula, grid=grid, identity_at_init=identity_at_init,
-                                head_only=head_only, backbones=backbones)
-        for key in [name, *aliases]:
-            _ALIASES[key] = name
-        return build
-    return wrap
+    def names(self) -> list[str]:
+        self.load()
+        return sorted(self._items)
 
+    def items(self) -> dict[str, T]:
+        self.load()
+        return dict(sorted(self._items.items()))
 
-def load_builtin_methods() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from . import methods as builtin  # noqa: F401 - the package mapped from methods/
-    for info in pkgutil.iter_modules(builtin.__path__):
-        importlib.import_module(f"bench.methods.{info.name}")
-    for ep in entry_points(group="peftbench.methods"):
+    def __contains__(self, name: str) -> bool:
+        self.load()
+        return name.lower() in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    # ----------------------------------------------------------------------- loading
+    def load(self) -> None:
+        """Import the built-in modules, then the entry points (once)."""
+        if self._loaded or self._loading:
+            return
+        self._loading = True
         try:
-            ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
-            raise UserError(f"method plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from None
+            package = importlib.import_module(self.package)
+            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{self.package}.{info.name}")
+            for ep in entry_points(group=self.group):
+                try:
+                    ep.load()
+                except UserError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must say which it is
+                    raise UserError(f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to load: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            self._loaded = True
+        finally:
+            self._loading = False
+
+    @contextlib.contextmanager
+    def scratch(self):
+        """Everything registered inside the block is forgotten after it (for tests)."""
+        self.load()
+        saved = (dict(self._items), dict(self._aliases), dict(self._origin))
+        try:
+            yield self
+        finally:
+            self._items, self._aliases, self._origin = saved
 
 
 def load_plugin(path: str) -> None:
-    """Import a Python file that registers methods with `register_method`."""
+    """Import a Python file that registers methods, formats, executors or writers."""
+    from . import extensions  # noqa: F401 - every registry loads its built-ins before the plugin
+
+    extensions.load_all()
     file = Path(path).expanduser()
     if not file.is_file() or file.suffix != ".py":
         raise UserError(f"--plugin {path}: not a Python file; pass the path of a .py file that "
-                        "calls bench.registry.register_method")
+                        "registers a method (bench.registry.register_method) or another extension")
     mod_name = f"peftbench_plugin_{file.stem}"
-    spec = importlib.util.spec_from_file_location(mod_name, file)
+    if mod_name in sys.modules and getattr(sys.modules[mod_name], "__file__", None) == str(file.resolve()):
+        return  # the same file again (a job that loads its plugins twice)
+    spec = importlib.util.spec_from_file_location(mod_name, file.resolve())
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
+    except UserError as exc:
+        del sys.modules[mod_name]
+        raise UserError(f"--plugin {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001
+        del sys.modules[mod_name]
         raise UserError(f"--plugin {path} failed to import: {type(exc).__name__}: {exc}") from None
 
 
-def all_methods() -> dict[str, Method]:
-    load_builtin_methods()
-    return dict(sorted(_METHODS.items()))
+def origin_of(fn: Callable) -> str:
+    """Where a registered object was defined, for messages: a module, or a plugin file."""
+    module = sys.modules.get(fn.__module__)
+    file = getattr(module, "__file__", None)
+    if fn.__module__.startswith("peftbench_plugin_") and file:
+        return f"plugin {file}"
+    return fn.__module__
 
 
-def get_method(name: str) -> Method:
-    load_builtin_methods()
-    canonical = _ALIASES.get(name) or _ALIASES.get(name.lower())
-    if canonical is None:
-        raise UserError(f"unknown method {name!r}; registered methods: "
-                        f"{', '.join(sorted(_METHODS))} ('all' selects every one)")
-    return _METHODS[canonical]
+# The decorators plugin authors use, importable from here (`from bench.registry import
+# register_method`); each lives beside the kind of object it registers.
+_DECORATORS = {
+    "register_method": "bench.method",
+    "register_format": "bench.formats",
+    "register_source": "bench.sources",
+    "register_executor": "bench.executors",
+    "register_writer": "bench.reports",
+}
 
 
-def select_methods(spec: str) -> list[Method]:
-    """`all`, or a comma-separated list of names and aliases (duplicates dropped, order kept)."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise UserError("--methods is empty; pass a comma-separated list of methods or 'all'")
-    if "all" in names:
-        return list(all_methods().values())
-    chosen: dict[str, Method] = {}
-    for n in names:
-        m = get_method(n)
-        chosen.setdefault(m.name, m)
-    return list(chosen.values())
+def __getattr__(name: str):
+    if name in _DECORATORS:
+        return getattr(importlib.import_module(_DECORATORS[name]), name)
+    raise AttributeError(f"module 'bench.registry' has no attribute {name!r}")

@@ -7,20 +7,15 @@ file is an error that names the file and the key, never a silent default.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
+from . import tomlfile
 from .errors import UserError
+from .names import check_name
 
-FORMATS = ("vtab1k-folder", "fgvc-json", "imagefolder", "demo")
 TRANSFORMS = ("resize", "crop-flip")
 NORMALIZATIONS = ("backbone", "imagenet", "none")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -60,6 +55,7 @@ class Suite:
     splits: dict[str, tuple[str, str]]
     tasks: tuple[Task, ...]
     transform: str = "resize"
+    source: str = ""                 # a data source that writes the data (the demo), or none
     normalize: str = "backbone"      # backbone: the backbone's own mean/std; imagenet; none (x / 255)
     interpolation: str = "bicubic"
     protocol: str = "fixed"
@@ -88,6 +84,7 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
     "transform": (str, False), "hparams": (dict, False), "protocol": (str, False),
     "grid": (dict, False), "normalize": (str, False), "interpolation": (str, False),
+    "source": (str, False),
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
@@ -129,9 +126,19 @@ def _check_hparams(hp: dict, where: str, src: str) -> dict:
 
 
 def parse_suite(data: dict, src: str) -> Suite:
+    from .formats import FORMATS
+    from .sources import SOURCES
+
     _check_keys(data, _SUITE_KEYS, "the top level", src)
+    check_name(data["name"], "suite name", src)
     if data["format"] not in FORMATS:
-        raise UserError(f"{src}: format {data['format']!r} is not one of {', '.join(FORMATS)}")
+        raise UserError(f"{src}: format {data['format']!r} is not one of {', '.join(FORMATS.names())}")
+    source = data.get("source", "")
+    if source and source not in SOURCES:
+        raise UserError(f"{src}: source {source!r} is not one of {', '.join(SOURCES.names())}")
+    if source and SOURCES.get(source).format != data["format"]:
+        raise UserError(f"{src}: source {source!r} writes {SOURCES.get(source).format!r} data, "
+                        f"but the suite's format is {data['format']!r}")
     transform = data.get("transform", "resize")
     if transform not in TRANSFORMS:
         raise UserError(f"{src}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}")
@@ -174,6 +181,7 @@ def parse_suite(data: dict, src: str) -> Suite:
             raise UserError(f"{src}: [[tasks]] #{i} must be a table")
         where = f"[[tasks]] #{i}" + (f" ({t['name']})" if isinstance(t.get("name"), str) else "")
         _check_keys(t, _TASK_KEYS, where, src)
+        check_name(t["name"], "task name", f"{src} {where}")
         if t["num_classes"] < 2:
             raise UserError(f"{src}: num_classes in {where} must be at least 2, got {t['num_classes']}")
         if groups and t["group"] not in groups:
@@ -197,7 +205,7 @@ def parse_suite(data: dict, src: str) -> Suite:
                  image_size=data["image_size"], backbone=data["backbone"], seeds=tuple(seeds),
                  groups=tuple(groups) or tuple(dict.fromkeys(t.group for t in tasks)),
                  splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
-                 transform=transform, normalize=normalize, interpolation=interpolation,
+                 transform=transform, source=source, normalize=normalize, interpolation=interpolation,
                  protocol=protocol, grid=grid,
                  hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
                  path=src)
@@ -219,7 +227,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise UserError(f"unknown suite {name_or_path!r}; built-in suites: "
                             f"{', '.join(sorted(builtin))}, or pass the path of a suite .toml file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+        data = tomlfile.loads(path.read_text(encoding="utf-8"))
+    except tomlfile.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     return parse_suite(data, str(path))

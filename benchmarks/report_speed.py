@@ -13,8 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import build_report, write_report
-from bench.store import RunSpec, Store
+from bench.reports import write_report
+from bench.reports.table import build_report
+from bench.spec import RunSpec
+from bench.store import Store
 from bench.suite import load_suite
 
 

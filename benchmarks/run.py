@@ -44,9 +44,9 @@ from rich.table import Table  # noqa: E402
 from bench import accel  # noqa: E402
 from bench.data import ImageDataset, build_transforms, read_split, resolve_data_root  # noqa: E402
 from bench.engine import EngineOptions, build_model, make_optimizer, run, train_step  # noqa: E402
-from bench.launch import plan  # noqa: E402
+from bench.spec import plan  # noqa: E402
 from bench.measure import PeakMemory, _rss_bytes  # noqa: E402
-from bench.registry import get_method, select_methods  # noqa: E402
+from bench.method import get_method, select_methods  # noqa: E402
 from bench.suite import load_suite  # noqa: E402
 
 console = Console(highlight=False, width=160)
@@ -473,7 +473,7 @@ def bench_gpu(args) -> None:
     console.rule(f"5. GPU: ViT-B/16 at {img}px, bf16 autocast, {name}" + (" (compiled)" if args.compile else ""))
     suite = load_suite("vtab1k")
     task = suite.task("cifar")
-    from bench.launch import resolve_hparams
+    from bench.spec import resolve_hparams
 
     table = Table(title=f"ViT-B/16 training, bf16, {name}")
     for col in ("method", "batch", "img/s", "GFLOP/img (fwd+bwd)", "TFLOP/s", "eval img/s",

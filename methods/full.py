@@ -5,7 +5,7 @@ Table 1 "Full"): weight decay on all but biases and norms, the backbone in train
 """
 
 from bench.model import PeftModel, make_head
-from bench.registry import register_method
+from bench.method import register_method
 
 
 def trainable_params(backbone, num_classes, hparams) -> int:

@@ -5,7 +5,7 @@ Table 1 "Linear"). The backbone stays in eval mode; only Linear(D, C) trains, wi
 """
 
 from bench.model import PeftModel, freeze, make_head
-from bench.registry import register_method
+from bench.method import register_method
 
 
 def trainable_params(backbone, num_classes, hparams) -> int:

@@ -43,7 +43,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench.errors import UserError
 from bench.model import PeftModel, freeze, make_head
-from bench.registry import register_method
+from bench.method import Setting, register_method
 
 
 def project_rows_l1(weight: torch.Tensor, radius: float) -> None:
@@ -192,10 +192,10 @@ class EquilibriumLayer(nn.Module):
 
 class LIONModel(PeftModel):
     def __init__(self, backbone, num_classes: int, hp: dict):
-        if hp["input_space"] not in ("token", "pixel"):
-            raise UserError(f"lion: input_space must be pixel or token, got {hp['input_space']!r}")
-        self_pixel = hp["input_space"] == "pixel"
-        if not self_pixel and not isinstance(backbone, VisionTransformer):
+        # each value's own range is checked with the settings below, when the suite is planned;
+        # what depends on several values, or on the backbone, is checked here
+        pixel = hp["input_space"] == "pixel"
+        if not pixel and not isinstance(backbone, VisionTransformer):
             raise UserError(f"lion: input_space='token' acts on a ViT's tokens and needs a timm "
                             f"VisionTransformer, got {type(backbone).__name__}; use input_space=pixel "
                             "(the default), which works on any timm classifier")
@@ -203,20 +203,15 @@ class LIONModel(PeftModel):
             raise UserError(f"lion: pruning masks the non-key weights and then trains the key ones for "
                             f"at least one more epoch, so it needs epochs >= 2 (got {hp['epochs']}); "
                             "raise epochs or set sparsity=0")
-        for key in ("prune_start", "prune_end"):
-            if not 0 < hp[key] < 1:
-                raise UserError(f"lion: {key} is a fraction of the epochs in (0, 1), got {hp[key]}")
         if hp["prune_end"] < hp["prune_start"]:
             raise UserError(f"lion: prune_end ({hp['prune_end']}) must not come before prune_start "
                             f"({hp['prune_start']})")
-        if not 0 <= hp["sparsity"] < 1:
-            raise UserError(f"lion: sparsity must be in [0, 1), got {hp['sparsity']}")
         freeze(backbone)
         dim = int(backbone.num_features)
         super().__init__(backbone, make_head(dim, num_classes), frozen_backbone=True)
         opts = dict(solver=hp["solver"], max_iter=hp["max_iter"], tol=hp["tol"], backward=hp["backward"],
                     contraction=hp["contraction"])
-        self.pixel = self_pixel
+        self.pixel = pixel
         if self.pixel:
             self.input_layer = EquilibriumLayer(3, hp["pixel_width"], conv=True, **opts)
         else:
@@ -377,11 +372,30 @@ def trainable_params(backbone, num_classes, hp) -> int:
     return in_layer + out_layer + d * num_classes + num_classes
 
 
+SETTINGS = {
+    "input_space": Setting("pixel", "where the input layer acts: the image (any classifier) or a ViT's tokens",
+                           choices=("pixel", "token")),
+    "width": Setting(32, "hidden width of the output layer (and of the token input layer)", min=1),
+    "pixel_width": Setting(8, "channels of the pixel input layer's 3x3 convolutions", min=1),
+    "solver": Setting("anderson", "fixed-point solver", choices=("anderson", "fixed_point")),
+    "max_iter": Setting(30, "solver iterations at most", min=1),
+    "tol": Setting(1e-4, "relative residual at which the solver stops", above=0.0),
+    "backward": Setting("implicit", "gradient: implicit (adjoint fixed point) or phantom (one step)",
+                        choices=("implicit", "phantom")),
+    "contraction": Setting(0.9, "bound on ||A||_inf that makes each layer a contraction", above=0.0, below=1.0),
+    "sparsity": Setting(0.5, "fraction of each layer's weights pruned (0: no pruning)", min=0.0, below=1.0),
+    "prune_start": Setting(0.3, "fraction of the epochs after which key and non-key weights are split",
+                           above=0.0, below=1.0),
+    "prune_end": Setting(0.6, "fraction of the epochs after which the non-key weights are masked",
+                         above=0.0, below=1.0),
+    "prune_l2": Setting(1.0, "strength of the L2 pull on the non-key weights", min=0.0),
+}
+
+
 @register_method(
     "lion",
-    defaults={"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0, "width": 32, "input_space": "pixel",
-              "pixel_width": 8, "solver": "anderson", "max_iter": 30, "tol": 1e-4, "backward": "implicit",
-              "contraction": 0.9, "sparsity": 0.5, "prune_start": 0.3, "prune_end": 0.6, "prune_l2": 1.0},
+    defaults={"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0},
+    settings=SETTINGS,
     summary="two equilibrium layers (on the image, on the pooled feature) around a frozen backbone, "
             "lottery-ticket pruned",
     paper="Wang et al., LION: Implicit Vision Prompt Tuning, AAAI 2024 (reconstruction)",
@@ -389,6 +403,7 @@ def trainable_params(backbone, num_classes, hp) -> int:
     grid={"lr": [1e-2, 5e-3, 1e-3], "weight_decay": [0.0, 1e-4]},
     identity_at_init=True,
     backbones="any",
+    report_columns={"Solver iters": ("input_mean_iterations", "output_mean_iterations")},
 )
 def build(backbone, num_classes, hparams):
     """LION: implicit equilibrium layers at both ends of a frozen backbone."""

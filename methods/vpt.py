@@ -23,7 +23,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench.errors import UserError
 from bench.model import PeftModel, check_cls_vit, freeze, make_head
-from bench.registry import register_method
+from bench.method import Setting, register_method
 
 # VPT's grid (Jia et al. 2022, Appendix): base lr for a batch of 256, weight decay.
 VPT_GRID = {"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
@@ -39,8 +39,6 @@ class VPTModel(PeftModel):
     def __init__(self, backbone: VisionTransformer, num_classes: int, prompt_length: int,
                  deep: bool, dropout: float):
         check_cls_vit(backbone, "vpt-deep" if deep else "vpt-shallow")
-        if prompt_length < 1:
-            raise UserError(f"prompt_length must be at least 1, got {prompt_length}")
         freeze(backbone)
         super().__init__(backbone, make_head(backbone.embed_dim, num_classes), frozen_backbone=True)
         self.deep = deep
@@ -76,13 +74,18 @@ def _formula(deep: bool):
 
 # VPT's prompt recipe (configs/prompt): SGD, batch 128, 10 warmup epochs of 100, the schedule
 # stepped once per epoch
-COMMON = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0001, "prompt_length": 10, "batch_size": 128,
-          "lr_schedule": "epoch"}
+COMMON = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0001, "batch_size": 128, "lr_schedule": "epoch"}
+
+
+def _settings(dropout: float) -> dict[str, Setting]:
+    return {"prompt_length": Setting(10, "prompt tokens per set (p)", min=1),
+            "prompt_dropout": Setting(dropout, "dropout on the prompts", min=0.0, below=1.0)}
 
 
 @register_method(
     "vpt-shallow",
-    defaults={**COMMON, "prompt_dropout": 0.0},
+    defaults=COMMON,
+    settings=_settings(0.0),
     summary="p prompt tokens after CLS before block 1; frozen ViT; linear head",
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022",
     formula=_formula(deep=False),
@@ -97,7 +100,8 @@ def build_shallow(backbone, num_classes, hparams):
 @register_method(
     "vpt-deep",
     aliases=("vpt",),
-    defaults={**COMMON, "prompt_dropout": 0.1},
+    defaults=COMMON,
+    settings=_settings(0.1),
     summary="a fresh set of p prompt tokens before every block; frozen ViT; linear head",
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022",
     formula=_formula(deep=True),

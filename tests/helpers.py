@@ -114,7 +114,9 @@ def bench(*args: str, cwd: Path | None = None, env: dict | None = None, timeout:
 
 
 def record_files(results: Path) -> list[Path]:
-    return sorted(p for p in results.rglob("*.json") if not {"_plans", "_submissions"} & set(p.parts) and not p.name.startswith("."))
+    """The current run records under a results root (not plans, manifests or superseded records)."""
+    return sorted(p for p in results.rglob("*.json")
+                  if not {"_plans", "_submissions", "superseded"} & set(p.parts) and not p.name.startswith("."))
 
 
 def write_imagefolder_task(root: Path, folder: str, classes: list[str], per_split: dict[str, int],
@@ -129,3 +131,9 @@ def write_imagefolder_task(root: Path, folder: str, classes: list[str], per_spli
             path.parent.mkdir(parents=True, exist_ok=True)
             toy_image(label, rng).save(path)
     return task
+
+
+def ok_record(spec, top1: float = 80.0, **metrics) -> dict:
+    """A well-formed ok record of `spec` (for tests that write records without running)."""
+    return {"run_id": spec.run_id, "status": "ok", "spec": spec.to_dict(), "finished_at": "2026-01-01T00:00:00",
+            "metrics": {"top1": top1, **metrics}}

@@ -42,6 +42,9 @@ def test_run_records_then_skips_then_forces(toy_suite, tmp_path):
     forced = run_toy(suite, data, results, "--methods", "linear", "--tasks", "colours", "--force")
     assert "1 ran, 0 already done" in forced.stdout
     assert len(record_files(results)) == 4
+    # the record --force replaced is kept beside the new one, not counted
+    kept = list((results / "toy" / "linear" / "colours" / "superseded").glob("*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["status"] == "ok"
 
     status = bench("status", "--results", str(results))
     assert status.returncode == 0

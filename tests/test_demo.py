@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bench.data import read_split, resolve_data_root
-from bench.demo import N_TEST, N_TRAIN, N_VAL, materialize
+from bench.sources.demo import N_TEST, N_TRAIN, N_VAL, materialize
 from bench.engine import EngineOptions, run
-from bench.launch import plan
-from bench.registry import select_methods
+from bench.spec import plan
+from bench.method import select_methods
 from bench.suite import load_suite
 from helpers import bench, record_files
 

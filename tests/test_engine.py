@@ -8,9 +8,10 @@ import torch
 from bench.data import resolve_data_root
 from bench import engine
 from bench.engine import DivergedError, EngineOptions, run
-from bench.launch import execute_spec, plan
+from bench.runs import execute_spec
+from bench.spec import plan
 from bench.model import warmup_cosine
-from bench.registry import select_methods
+from bench.method import select_methods
 from bench.store import Store
 from bench.suite import load_suite
 

@@ -9,7 +9,7 @@ import torch
 from bench.engine import make_optimizer, train_step
 from bench.errors import UserError
 from bench.methods.lion import EquilibriumLayer, anderson, fixed_point, project_rows_l1, prune_schedule
-from bench.registry import get_method
+from bench.method import get_method
 
 
 def contraction_problem(seed=0, n=4, d=32, kappa=0.95):
@@ -260,8 +260,11 @@ def test_pruning_needs_an_epoch_after_the_mask_and_sensible_fractions():
     lion(epochs=1, sparsity=0.0)  # nothing to prune: one epoch is fine
     with pytest.raises(UserError, match="prune_end"):
         lion(prune_start=0.6, prune_end=0.3)
-    with pytest.raises(UserError, match="sparsity"):
-        lion(sparsity=1.0)
+    m = get_method("lion")
+    for key, value, why in (("sparsity", 1.0, "below 1.0"), ("prune_start", 0.0, "above 0.0"),
+                            ("contraction", 1.0, "below 1.0"), ("input_space", "pixels", "choose from pixel, token")):
+        with pytest.raises(UserError, match=f"{key}={value!r} is not allowed .*{why}"):
+            m.check_hparams({**m.defaults, key: value}, "--set")
 
 
 def test_the_token_input_layer_needs_a_vit_and_the_pixel_one_works_on_any_classifier():

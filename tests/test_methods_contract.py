@@ -14,7 +14,7 @@ import torch
 from bench.engine import make_optimizer
 from bench.errors import UserError
 from bench.measure import forward_gflops
-from bench.registry import all_methods
+from bench.method import all_methods
 
 BATCH, CLASSES = 3, 5
 

@@ -8,22 +8,24 @@ import bench.data
 import bench.engine
 from bench.cli import main
 from bench.protocol import grid_points, method_grid, select
-from bench.registry import get_method
-from bench.store import RunSpec, Store
+from bench.method import get_method
+from bench.spec import RunSpec
+from bench.store import Store
 from bench.suite import load_suite
-from helpers import bench as bench_cli, record_files
+from helpers import bench as bench_cli, ok_record, record_files
 
 
 def tune_spec(lr, wd=0.0, task="t"):
     return RunSpec(suite="s", task=task, method="linear", seed=1, stage="tune", backbone="b",
-                   checkpoint=None, image_size=32, hparams={"lr": lr, "weight_decay": wd, "epochs": 1})
+                   checkpoint=None, image_size=32, hparams={"lr": lr, "weight_decay": wd, "epochs": 1},
+                   splits=("train800", "val200"), format="vtab1k-folder", transform="resize", precision="auto")
 
 
 def test_selection_takes_the_best_validation_accuracy_and_breaks_ties_to_the_smaller_lr(tmp_path):
     store = Store(tmp_path)
     specs = [tune_spec(1.0), tune_spec(0.1), tune_spec(10.0), tune_spec(0.1, 0.01)]
     for spec, top1 in zip(specs, [80.0, 80.0, 70.0, 80.0]):
-        store.write(spec, {"status": "ok", "metrics": {"top1": top1}})
+        store.write(spec, ok_record(spec, top1))
     best, waiting = select(store, specs)
     assert best[("linear", "t")] == {"lr": 0.1, "weight_decay": 0.0, "epochs": 1}
     assert waiting == []
@@ -44,6 +46,11 @@ def test_grids_come_from_the_method_narrowed_by_the_suite_and_by_set():
 
 def test_the_tune_stage_never_opens_a_test_image(toy_suite, tmp_path, monkeypatch):
     suite, data = toy_suite
+    # a narrowed grid (2 lr x 2 wd): what is tested is the staging, not VPT's 40-point grid
+    narrowed = tmp_path / "toy-grid.toml"
+    narrowed.write_text(suite.read_text().replace("[[tasks]]", "[grid.linear]\nlr = [1.0, 10.0]\n"
+                                                  "weight_decay = [0.0, 0.001]\n\n[[tasks]]", 1))
+    suite = narrowed
     stage = {"now": None}
     opened_in_tune = []
     real_run, real_load = bench.engine.run, bench.data.load_image
@@ -68,7 +75,7 @@ def test_the_tune_stage_never_opens_a_test_image(toy_suite, tmp_path, monkeypatc
     records = [json.loads(p.read_text()) for p in record_files(results)]
     tune = [r for r in records if r["spec"]["stage"] == "tune"]
     final = [r for r in records if r["spec"]["stage"] == "final"]
-    assert len(tune) == 2 * 40 and {r["spec"]["seed"] for r in tune} == {3}
+    assert len(tune) == 2 * 4 and {r["spec"]["seed"] for r in tune} == {3}
     assert all(r["metrics"]["eval_split"] == "val200" and r["metrics"]["train_split"] == "train800" for r in tune)
     assert len(final) == 2 * 2 and {r["spec"]["seed"] for r in final} == {3, 4}
     assert all(r["metrics"]["eval_split"] == "test" and r["metrics"]["train_split"] == "train800val200" for r in final)

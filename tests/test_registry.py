@@ -4,10 +4,10 @@ import textwrap
 
 import pytest
 
-from bench import registry
 from bench.errors import UserError
-from bench.launch import plan
-from bench.registry import ENGINE_DEFAULTS, all_methods, get_method, load_plugin, select_methods
+from bench.spec import plan
+from bench.method import ENGINE_DEFAULTS, METHODS, all_methods, get_method, select_methods
+from bench.registry import load_plugin
 from bench.suite import parse_suite
 
 
@@ -30,11 +30,10 @@ def test_select_methods_all_lists_and_unknown_names():
 
 
 @pytest.fixture
-def scratch_registry(monkeypatch):
+def scratch_registry():
     """Methods a test registers disappear after it."""
-    all_methods()
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+    with METHODS.scratch():
+        yield
 
 
 def test_a_plugin_file_registers_a_method_without_touching_the_runner(tmp_path, scratch_registry):
@@ -95,9 +94,13 @@ def test_hyperparameters_resolve_defaults_then_suite_then_task_then_command_line
     (["epochs=2.5"], r"epochs='2.5' is not a valid int"),
     (["rank=4"], "no selected method has a hyperparameter 'rank'"),
     (["lora.lr=1"], "unknown method 'lora'"),
-    (["epochs=0"], "epochs must be at least 1"),
-    (["warmup_epochs=50"], "warmup_epochs must be between 0 and epochs"),
-    (["optimizer=adam"], "optimizer must be sgd or adamw"),
+    (["epochs=0"], r"--set, method 'linear': epochs=0 is not allowed \(training epochs\): it must be at least 1"),
+    (["warmup_epochs=50"], r"warmup_epochs \(50\) must not exceed epochs"),
+    (["optimizer=adam"], "optimizer='adam' is not allowed .*choose from sgd, adamw"),
+    (["lr=nan"], "lr=nan is not allowed .*finite"),
+    (["lr=inf"], "lr=inf is not allowed .*finite"),
+    (["momentum=-1"], "momentum=-1.0 is not allowed .*at least 0.0"),
+    (["lr_batch_base=-256"], "lr_batch_base=-256 is not allowed .*at least 0"),
 ])
 def test_bad_overrides_are_clear_errors(overrides, message):
     with pytest.raises(UserError, match=message):

@@ -5,8 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from bench.report import FLAT, GROUPS, build_report, latex_table, markdown_table, write_report
-from bench.store import RunSpec, Store
+from bench.reports import write_report
+from bench.reports.latex import latex_table
+from bench.reports.markdown import markdown_table
+from bench.reports.table import FLAT, GROUPS, build_report
+from bench.spec import RunSpec
+from bench.store import Store
 from bench.suite import load_suite
 
 VTAB = load_suite("vtab1k")
@@ -122,7 +126,7 @@ def test_a_published_row_whose_configuration_the_suite_does_not_run_is_marked(st
 
 
 def test_plots_are_written_as_png_and_pdf(store, tmp_path):
-    from bench.plots import make_plots
+    from bench.reports.plots import make_plots
     paths = make_plots(build_report(store, VTAB), tmp_path / "plots")
     names = {p.name for p in paths}
     for stem in ("accuracy_vs_params", "groups", "costs", "tasks_heatmap"):

@@ -19,7 +19,7 @@ import pytest
 import submitit
 
 from bench.errors import UserError
-from bench.submit import SlurmOptions, parse_extra, slurm_options
+from bench.executors.submitit import SlurmOptions, parse_extra, slurm_options
 from helpers import bench, record_files
 
 HAVE_SLURM = shutil.which("sbatch") is not None
@@ -28,7 +28,7 @@ needs_slurm = pytest.mark.skipif(not HAVE_SLURM, reason="no sbatch on PATH: star
 
 # One core per job and the demo's smallest runs keep a whole array to seconds on 2 cores.
 DEMO = ("--suite", "demo", "--executor", "slurm", "--partition", "debug", "--cpus-per-job", "1",
-        "--set", "epochs=1")
+        "--set", "epochs=2")
 POLL = {"PEFTBENCH_POLL_SECONDS": "1"}
 
 

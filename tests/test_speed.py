@@ -2,6 +2,7 @@
 precision and compile options. (Speed itself is measured by benchmarks/run.py, not asserted.)"""
 
 import functools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from bench.data import (DecodedDataset, ImageDataset, batch_loader, build_transf
                         read_split)
 from bench.engine import EngineOptions, build_model, run
 from bench.errors import UserError
-from bench.registry import get_method, register_method
+from bench.method import get_method, register_method
 from bench.suite import load_suite
 from helpers import write_fgvc_task
 from test_engine import toy_specs
@@ -169,12 +170,16 @@ def test_the_feature_cache_is_refused_wherever_the_features_could_change(toy_sui
     assert "outside the head" in features.blocker(linear, model, suite)
 
 
-def test_a_head_only_plugin_gets_the_cache_and_its_hooks_still_run(toy_suite, monkeypatch):
-    from bench import registry
+def test_a_head_only_plugin_gets_the_cache_and_its_hooks_still_run(toy_suite):
+    from bench.method import METHODS
+
+    with METHODS.scratch():
+        _head_only_plugin(toy_suite)
+
+
+def _head_only_plugin(toy_suite):
     from bench.model import PeftModel, freeze, make_head
 
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
     calls = {"reg": 0, "epochs": 0}
 
     class Probe(PeftModel):
@@ -200,7 +205,7 @@ def test_a_head_only_plugin_gets_the_cache_and_its_hooks_still_run(toy_suite, mo
 def test_bf16_autocast_runs_on_the_cpu_and_is_recorded(toy_suite):
     suite_path, root = toy_suite
     suite, specs = toy_specs(suite_path, "full", ["epochs=1"])
-    out = run(specs[0], suite, root, EngineOptions(device=torch.device("cpu"), precision="bf16"))
+    out = run(replace(specs[0], precision="bf16"), suite, root, EngineOptions(device=torch.device("cpu")))
     m = out["metrics"]
     assert m["precision"] == "bf16" and m["feature_cache"] is False and m["compile"] is False
     assert 0 <= m["top1"] <= 100 and out["curve"][0]["train_loss"] > 0

@@ -8,15 +8,26 @@ import time
 
 import pytest
 
-from bench.store import RunLock, RunSpec, Store, write_json_atomic
+from bench.spec import RunSpec
+from bench.store import RunLock, Store, write_json_atomic
 
 
 def spec(**kw):
     base = dict(suite="demo", task="mnist", method="linear", seed=42, stage="final",
                 backbone="peftbench_demo_vit.fmnist", checkpoint=None, image_size=32,
-                hparams={"lr": 1.0, "epochs": 10})
+                hparams={"lr": 1.0, "epochs": 10}, splits=("train800val200", "test"),
+                format="vtab1k-folder", transform="resize", precision="auto")
     base.update(kw)
     return RunSpec(**base)
+
+
+def v1_spec(**kw):
+    """A spec as records written before run ids covered splits, format and precision hold it."""
+    return spec(splits=None, format=None, transform=None, precision=None, **kw)
+
+
+def ok_record(s, top1=80.0, **extra):
+    return {"run_id": s.run_id, "status": "ok", "spec": s.to_dict(), "metrics": {"top1": top1}, **extra}
 
 
 def test_the_run_id_is_a_stable_hash_of_the_whole_spec():
@@ -24,24 +35,39 @@ def test_the_run_id_is_a_stable_hash_of_the_whole_spec():
     assert a.run_id == spec().run_id
     assert a.run_id == spec(hparams={"epochs": 10, "lr": 1.0}).run_id  # key order is irrelevant
     others = [spec(seed=44), spec(task="textures"), spec(method="full"), spec(stage="tune"),
-              spec(hparams={"lr": 0.5, "epochs": 10}), spec(checkpoint="/w.pth"), spec(image_size=64)]
+              spec(hparams={"lr": 0.5, "epochs": 10}), spec(checkpoint="/w.pth"), spec(image_size=64),
+              spec(normalize="imagenet"), spec(interpolation="bilinear"), spec(splits=("train+val", "test")),
+              spec(format="fgvc-json"), spec(transform="crop-flip"), spec(precision="bf16")]
     assert len({a.run_id, *(o.run_id for o in others)}) == 1 + len(others)
     assert RunSpec.from_dict(json.loads(json.dumps(a.to_dict()))).run_id == a.run_id
 
 
+def test_a_record_written_before_the_ids_covered_splits_and_precision_is_still_this_run(tmp_path):
+    old = v1_spec()
+    # the id records were written under before: unchanged by the later fields at their old values
+    assert old.run_id == old.v1_run_id == spec().v1_run_id == "b02f17352eacc455"
+    store = Store(tmp_path)
+    metrics = {"top1": 71.0, "train_split": "train800val200", "eval_split": "test"}
+    store.write(old, {**ok_record(old), "metrics": metrics})
+    assert store.is_ok(spec())                      # recognised as done by today's spec
+    assert store.read(spec())["metrics"]["top1"] == 71.0
+    assert not store.is_ok(spec(splits=("train800", "val200")))   # other splits: another run
+    assert not store.is_ok(spec(precision="bf16"))  # asked for another precision: another run
+    assert not store.is_ok(spec(normalize="imagenet"))
+
+
 def test_normalisation_and_interpolation_change_the_run_id_and_old_records_keep_theirs():
-    a = spec()
-    assert len({a.run_id, spec(normalize="imagenet").run_id, spec(interpolation="bilinear").run_id}) == 3
-    # A record written before these fields existed holds a spec without them, at the values
-    # every run had then: its id, computed then and now, is the same.
-    old = {k: v for k, v in a.to_dict().items() if k not in ("normalize", "interpolation")}
+    a = v1_spec()
+    assert len({a.run_id, v1_spec(normalize="imagenet").run_id, v1_spec(interpolation="bilinear").run_id}) == 3
+    old = {k: v for k, v in a.to_dict().items() if k in ("suite", "task", "method", "seed", "stage", "backbone",
+                                                           "checkpoint", "image_size", "hparams")}
     assert RunSpec.from_dict(old).run_id == a.run_id == "b02f17352eacc455"  # the id before the change
 
 
 def test_records_land_in_the_design_layout_and_leave_no_temp_files(tmp_path):
     store = Store(tmp_path)
     s = spec()
-    path = store.write(s, {"run_id": s.run_id, "status": "ok", "spec": s.to_dict()})
+    path = store.write(s, ok_record(s))
     assert path == tmp_path / "demo" / "linear" / "mnist" / f"{s.run_id}.json"
     assert store.is_ok(s)
     assert os.listdir(path.parent) == [path.name]

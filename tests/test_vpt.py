@@ -7,8 +7,8 @@ import timm
 import torch
 
 from bench.errors import UserError
-from bench.launch import plan
-from bench.registry import get_method, select_methods
+from bench.spec import plan
+from bench.method import get_method, select_methods
 from bench.suite import load_suite
 
 

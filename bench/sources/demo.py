@@ -23,19 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import UserError
+from ..errors import UserError
+from ..paths import cache_dir
+from . import DataSource, register_source
 
 DEMO_VERSION = "v1"
 N_TRAIN, N_VAL, N_TEST = 800, 200, 500
 TASKS = ("mnist", "textures", "shapes_count", "shapes_loc")
 TEXTURES = ("brick", "grass", "gravel", "moon")
-
-
-def cache_dir() -> Path:
-    if os.environ.get("PEFTBENCH_CACHE"):
-        return Path(os.environ["PEFTBENCH_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "peftbench"
 
 
 def default_root() -> Path:
@@ -146,7 +141,7 @@ def _generated(rng: np.random.Generator, n_classes: int, sample):
     return train[0], train[1], test[0], test[1]
 
 
-def _write_task(task_dir: Path, train_imgs, train_labels, test_imgs, test_labels) -> None:
+def _write_task(task_dir: Path, train_imgs, train_labels, test_imgs, test_labels, progress=None) -> None:
     lines: dict[str, list[str]] = {"train": [], "test": []}
     for split, images, labels in (("train", train_imgs, train_labels), ("test", test_imgs, test_labels)):
         (task_dir / "images" / split).mkdir(parents=True)
@@ -154,6 +149,8 @@ def _write_task(task_dir: Path, train_imgs, train_labels, test_imgs, test_labels
             rel = f"images/{split}/{i:05d}.png"
             img.save(task_dir / rel)
             lines[split].append(f"{rel} {label}")
+            if progress is not None:
+                progress()
     splits = {
         "train800": lines["train"][:N_TRAIN],
         "val200": lines["train"][N_TRAIN:N_TRAIN + N_VAL],
@@ -164,9 +161,11 @@ def _write_task(task_dir: Path, train_imgs, train_labels, test_imgs, test_labels
         (task_dir / f"{name}.txt").write_text("\n".join(rows) + "\n")
 
 
-def materialize(root: Path | None = None, seed: int = 0) -> Path:
-    """Write the demo tasks under `root` (default: the cache) unless they are there already."""
+def materialize(root: Path | None = None, seed: int = 0, progress=None) -> Path:
+    """Write the demo tasks under `root` (default: the cache) unless they are there already.
+    `progress(what, done, total)` is called after every image written."""
     root = Path(root) if root is not None else default_root()
+    DataSource.check_root(root)
     if all((root / t / "test.txt").is_file() for t in TASKS):
         return root
     makers = {
@@ -175,16 +174,28 @@ def materialize(root: Path | None = None, seed: int = 0) -> Path:
         "shapes_count": lambda rng: _generated(rng, 4, _count_sample),
         "shapes_loc": lambda rng: _generated(rng, 9, _loc_sample),
     }
-    root.mkdir(parents=True, exist_ok=True)
-    for i, task in enumerate(TASKS):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot make the demo data folder {root}: {exc.strerror or exc}") from None
+    per_task = N_TRAIN + N_VAL + N_TEST
+    todo = [t for t in TASKS if not (root / t / "test.txt").is_file()]
+    done = 0
+    for task in todo:
         final = root / task
-        if (final / "test.txt").is_file():
-            continue
+        i = TASKS.index(task)
+
+        def tick():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(f"making the demo data ({task})", done, per_task * len(todo))
+
         # Write beside the target and rename: a killed or concurrent writer never leaves a
         # half-written task behind, and the loser of a race just drops its copy.
         tmp = root / f".{task}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_task(tmp, *makers[task](np.random.default_rng([seed, i])))
+        _write_task(tmp, *makers[task](np.random.default_rng([seed, i])), progress=tick)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -192,3 +203,15 @@ def materialize(root: Path | None = None, seed: int = 0) -> Path:
             if not (final / "test.txt").is_file():
                 raise
     return root
+
+
+@register_source("demo")
+class Demo(DataSource):
+    """The demo suite's four tasks, written in the vtab1k-folder layout on first use."""
+    format = "vtab1k-folder"
+
+    def default_root(self) -> Path:
+        return default_root()
+
+    def prepare(self, root: Path | None, progress=None) -> Path:
+        return materialize(root, progress=progress)

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .store import Store
-from .suite import Suite
+from ..store import Store
+from ..suite import Suite
 
 MISSING = "—"
 FLAT, GROUPS = "Mean (tasks)", "Mean (groups)"
 PARAMS, PARAMS_NO_HEAD = "Params (M)", "Params no head (M)"
-SOLVER = "Solver iters"  # mean forward fixed-point iterations, for implicit methods (LION)
-NOT_ACCURACY = (PARAMS, PARAMS_NO_HEAD, SOLVER)
-FORMATS = ("md", "latex", "csv")
 
 
 @dataclass
@@ -38,14 +35,19 @@ class Report:
     notes: list[str] = field(default_factory=list)
     published: pd.DataFrame | None = None  # same columns as `mean`, rows "<method> (published)"
     published_labels: pd.DataFrame | None = None  # per published row: PUBLISHED_LABELS
+    extra_columns: list[str] = field(default_factory=list)  # methods' own columns (e.g. LION's solver)
 
     @property
     def tasks(self) -> list[str]:
         return [t.name for t in self.suite.tasks]
 
     @property
+    def not_accuracy(self) -> list[str]:
+        return [PARAMS, PARAMS_NO_HEAD, *self.extra_columns]
+
+    @property
     def accuracy_columns(self) -> list[str]:
-        return [c for c in self.mean.columns if c not in NOT_ACCURACY]
+        return [c for c in self.mean.columns if c not in self.not_accuracy]
 
     def restrict(self, methods: set[str]) -> "Report":
         keep = self.mean.index.isin(methods)
@@ -161,9 +163,7 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     params = df.groupby("method")[["trainable_params", "trainable_params_no_head"]].mean() / 1e6
     table[PARAMS] = params["trainable_params"].reindex(methods)
     table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
-    iters = [c for c in ("input_mean_iterations", "output_mean_iterations") if c in df.columns]
-    if iters:
-        table[SOLVER] = df.groupby("method")[iters].mean().mean(axis=1).reindex(methods)
+    extra = method_columns(df, methods, table)
     published = labels = None
     if compare_published:
         found = published_frame(suite)
@@ -171,7 +171,27 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
             notes.append(f"no published figures are carried for suite {suite.name!r}")
         else:
             published, labels = found
-    return Report(suite, stage, table, std, seeds, df, missing, notes, published, labels)
+    return Report(suite, stage, table, std, seeds, df, missing, notes, published, labels, extra)
+
+
+def method_columns(df: pd.DataFrame, methods: list[str], table: pd.DataFrame) -> list[str]:
+    """The columns methods declare (`register_method(report_columns=...)`): the mean of the
+    record metrics each names, for that method's rows; returns the labels added."""
+    from ..method import METHODS
+
+    added: list[str] = []
+    for method in methods:
+        if method not in METHODS:  # records of a plugin method not loaded now
+            continue
+        for label, keys in METHODS.get(method).report_columns.items():
+            keys = [k for k in keys if k in df.columns]
+            if not keys:
+                continue
+            if label not in table.columns:
+                table[label] = float("nan")
+                added.append(label)
+            table.loc[method, label] = df.loc[df["method"] == method, keys].mean().mean()
+    return added
 
 
 # ------------------------------------------------------------------------------------ display
@@ -212,7 +232,7 @@ def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
             continue
         if col == PARAMS:
             out[col] = [_fmt_params(v) for v in report.mean[col]]
-        elif col == SOLVER:
+        elif col in report.extra_columns:
             out[col] = [MISSING if pd.isna(v) else f"{v:.1f}" for v in report.mean[col]]
         elif col in report.tasks:
             out[col] = [_fmt(report.mean.loc[m, col], report.std.loc[m, col]) for m in report.mean.index]
@@ -222,7 +242,7 @@ def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
     for name, row in comparison.iterrows():
         delta = "−" in name
         out.loc[name] = [
-            MISSING if c == SOLVER else
+            MISSING if c in report.extra_columns else
             (MISSING if pd.isna(row[c]) else f"{row[c]:+.1f}") if delta and c != PARAMS
             else (_fmt_params(row[c]) if c == PARAMS else _fmt(row[c]))
             for c in out.columns]
@@ -238,88 +258,6 @@ def _label(report: Report, column: str) -> str:
     return column
 
 
-def markdown_table(report: Report) -> str:
-    text = (f"Top-1 accuracy (%) on {report.suite.name} ({report.stage} stage, evaluated on "
-            f"{report.suite.splits[report.stage][1]} after the last epoch); mean ± std over seeds; "
-            f"{PARAMS}: trainable parameters with the head.\n\n" + display_frame(report).to_markdown(disable_numparse=True) + "\n")
-    if report.missing:
-        text += "\nMissing cells: " + ", ".join(f"{m}/{t}" for m, t in report.missing) + "\n"
-    for line in published_notes(report):
-        text += f"\n{line}\n"
-    return text
-
-
-def latex_table(report: Report) -> str:
-    """A booktabs table for \\input: tasks grouped under their group names, the best value of
-    each accuracy column in bold and the second underlined."""
-    numeric = report.mean.drop(columns=[PARAMS_NO_HEAD])
-    acc_cols = [c for c in numeric.columns if c not in NOT_ACCURACY]
-    ranks = numeric[acc_cols].rank(axis=0, method="min", ascending=False)
-    cells = pd.DataFrame(index=numeric.index, columns=numeric.columns, dtype=object)
-    for m in numeric.index:
-        for c in numeric.columns:
-            v = numeric.loc[m, c]
-            if c == PARAMS:
-                cells.loc[m, c] = _fmt_params(v)
-                continue
-            if c == SOLVER:
-                cells.loc[m, c] = "--" if pd.isna(v) else f"{v:.1f}"
-                continue
-            std = report.std.loc[m, c] if c in report.std.columns else None
-            text = MISSING if pd.isna(v) else (
-                f"{v:.1f}$\\pm${std:.1f}" if std is not None and not pd.isna(std) else f"{v:.1f}")
-            if not pd.isna(v) and ranks.loc[m, c] == 1:
-                text = f"\\textbf{{{text}}}"
-            elif not pd.isna(v) and ranks.loc[m, c] == 2:
-                text = f"\\underline{{{text}}}"
-            cells.loc[m, c] = text
-    top = []
-    for c in numeric.columns:
-        task = next((t for t in report.suite.tasks if t.name == c), None)
-        top.append(task.group.title() if task is not None and len(report.suite.groups) > 1 else "")
-    cells.columns = pd.MultiIndex.from_arrays([top, [_escape(_label(report, c)) for c in numeric.columns]])
-    cells.index = [_escape(m) for m in cells.index]
-    caption = (f"Top-1 accuracy (\\%) on {_escape(report.suite.name)}, {report.stage} stage, last epoch; "
-               "mean$\\pm$std over seeds. Best in bold, second underlined.")
-    latex = cells.style.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * len(numeric.columns),
-                                  caption=caption, label=f"tab:{report.suite.name}-{report.stage}")
-    return latex.replace("—", "--")
-
-
-def _escape(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
-        text = text.replace(a, b)
-    return text
-
-
-def csv_frame(report: Report) -> pd.DataFrame:
-    frame = report.mean.copy()
-    for t in report.tasks:
-        frame[f"{t} std"] = report.std[t]
-        frame[f"{t} seeds"] = report.seeds[t]
-    comparison = comparison_rows(report)
-    if not comparison.empty:
-        frame = pd.concat([frame, comparison])
-    frame.index.name = "method"
-    return frame
-
-
-def write_report(report: Report, out_dir: Path, formats: list[str]) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{report.suite.name}_{report.stage}"
-    written = []
-    if "md" in formats:
-        written.append(out_dir / f"{stem}.md")
-        written[-1].write_text(markdown_table(report))
-    if "latex" in formats:
-        written.append(out_dir / f"{stem}.tex")
-        written[-1].write_text(latex_table(report))
-    if "csv" in formats:
-        written.append(out_dir / f"{stem}.csv")
-        csv_frame(report).to_csv(written[-1], float_format="%.4f")
-    return written
-
-
 def rich_table(report: Report):
     from rich.table import Table
 
@@ -331,3 +269,7 @@ def rich_table(report: Report):
     for method, row in frame.iterrows():
         table.add_row(str(method), *row.tolist())
     return table
+
+
+def file_stem(report: Report) -> str:
+    return f"{report.suite.name}_{report.stage}"

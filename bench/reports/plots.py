@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .report import FLAT, GROUPS, PARAMS, Report, group_names  # noqa: E402
+from . import ReportWriter, register_writer  # noqa: E402
+from .table import FLAT, GROUPS, PARAMS, Report, file_stem, group_names  # noqa: E402
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 
@@ -30,7 +31,7 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 def make_plots(report: Report, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    prefix = f"{report.suite.name}_{report.stage}"
+    prefix = file_stem(report)
     table = report.mean
     written: list[Path] = []
 
@@ -78,3 +79,11 @@ def make_plots(report: Report, out_dir: Path) -> list[Path]:
     ax.set_ylabel("")
     written += _save(fig, out_dir, f"{prefix}_tasks_heatmap")
     return written
+
+
+@register_writer("plots")
+class Plots(ReportWriter):
+    kind = "figures"
+
+    def write(self, report: Report, out_dir: Path) -> list[Path]:
+        return make_plots(report, out_dir / "plots")
