@@ -22,7 +22,6 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from .errors import UserError
 
-DEMO_BACKBONE = "peftbench_demo_vit.fmnist"
 DEMO_WEIGHTS = "peftbench_demo_vit_fmnist.safetensors"
 # The demo ViT: small enough to fine-tune on 2 CPU cores in seconds, a real ViT nonetheless.
 DEMO_ARCH = dict(img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0)
@@ -137,6 +136,17 @@ def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> None:
             f"{incompatible.unexpected_keys[:5]}. Is it a checkpoint of this architecture?")
 
 
+def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    """timm.create_model; a model without a fixed input size (a ResNet, a ConvNeXt) takes no
+    `img_size` and any image, so it is built without one."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc) or "img_size" not in kwargs:
+            raise
+        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
+
+
 def create_backbone(name: str, checkpoint: str | None = None, img_size: int | None = None) -> Backbone:
     """A timm model without a head (num_classes=0), with pretrained weights from the hub cache,
     a package file (the demo ViT) or `checkpoint`."""
@@ -149,11 +159,11 @@ def create_backbone(name: str, checkpoint: str | None = None, img_size: int | No
     if img_size is not None:
         kwargs["img_size"] = img_size
     if checkpoint:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = _create(name, False, kwargs)
         load_checkpoint_into(model, checkpoint)
     else:
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            model = _create(name, True, kwargs)
         except (OSError, RuntimeError, ValueError) as exc:
             raise UserError(
                 f"no pretrained weights for backbone {name!r} on this machine "
@@ -163,10 +173,6 @@ def create_backbone(name: str, checkpoint: str | None = None, img_size: int | No
     cfg = timm.data.resolve_model_data_config(model)
     return Backbone(model=model, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), name=name,
                     checkpoint=str(Path(checkpoint).expanduser().resolve()) if checkpoint else None)
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -29,7 +29,7 @@ from .protocol import final_specs, method_grid, select, tune_specs
 from .runs import Outcome, is_done
 from .spec import RunSpec, check_suite_settings, plan
 from .states import run_state
-from .store import Store, now
+from .store import RecordWriteError, Store, now
 from .suite import Suite, Task, load_suite
 
 MAX_SEED = 2**63 - 1
@@ -117,10 +117,10 @@ def preflight(req: Request, progress=None) -> Campaign:
     from .engine import EngineOptions, resolve_device
     from .registry import load_plugin
 
+    for path in req.plugins:  # before any name is looked up: a plugin may register it
+        load_plugin(path)
     executor = EXECUTORS.get(req.executor)(req.executor_options)
     executor.check()
-    for path in req.plugins:
-        load_plugin(path)
     suite = load_suite(req.suite)
     check_suite_settings(suite)
     methods = select_methods(req.methods)
@@ -178,7 +178,7 @@ def preflight(req: Request, progress=None) -> Campaign:
         suite_path=str(Path(suite.path).resolve()), data_root=str(Path(root).resolve()),
         results=str(store.root.resolve()) if not executor.in_process else str(store.root),
         plugins=[str(Path(p).expanduser().resolve()) for p in req.plugins],
-        threads=req.threads or getattr(req.executor_options, "cpus_per_job", None), device=req.device,
+        threads=req.threads or getattr(executor.options, "cpus_per_job", None), device=req.device,
         engine=opts, force_since=now() if req.force else None)
     return Campaign(req, suite, methods, tasks, seeds, protocol, base, tune, grids, root, store, executor,
                     context, threads)
@@ -252,9 +252,18 @@ def execute(c: Campaign, listener: Listener) -> Result:
             if specs:
                 listener.stage(stage, specs, c)
         if executor.in_process:  # plans first: `bench status` shows what this process will run
-            _save_plans(store, c.suite.name, c.tune, final)
-        launch = executor.launch(todo, c.context, store, c.suite.name, c.request.command,
-                                 on_done=listener.run_done)
+            written = _save_plans(store, c.suite.name, c.tune, final)
+        try:
+            launch = executor.launch(todo, c.context, store, c.suite.name, c.request.command,
+                                     on_done=listener.run_done)
+        except UserError as exc:
+            # bad input met mid-run (an unreadable image): no run of it was recorded, so the plan
+            # written for it goes too, and `bench status` does not show a run that will not come
+            if executor.in_process and not isinstance(exc, RecordWriteError):
+                for path in written:
+                    path.unlink(missing_ok=True)
+                store.remove_empty_folders(c.suite.name)
+            raise
         attempted.update(s.run_id for s in todo)
         result.launches.append(launch)
         if executor.in_process:
@@ -271,10 +280,10 @@ def execute(c: Campaign, listener: Listener) -> Result:
     return result
 
 
-def _save_plans(store: Store, suite: str, tune: list[RunSpec], final: list[RunSpec]) -> None:
-    for specs in (tune, final):
-        if specs:
-            store.save_plan(suite, specs)
+def _save_plans(store: Store, suite: str, tune: list[RunSpec], final: list[RunSpec]) -> list[Path]:
+    """Save the stages' plans; returns the files this call wrote."""
+    written = [store.save_plan(suite, specs) for specs in (tune, final) if specs]
+    return [p for p in written if p is not None]
 
 
 def _manifests(store: Store, c: Campaign) -> list[dict]:

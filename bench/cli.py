@@ -116,8 +116,14 @@ def cmd_run(args) -> int:
     from .campaign import Request, execute, preflight
     from .reports.table import build_report, rich_table
 
-    cluster = args.executor != "local"
-    options = _slurm_options(args) if cluster else {"wait": args.wait, "chunk": args.chunk}
+    from .executors.submitit import parse_extra
+
+    _load_plugins(args)  # an executor may come from a plugin
+    options = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job,
+               "mem": args.mem, "time": args.time, "array_parallelism": args.array_parallelism,
+               "account": args.account, "qos": args.qos, "constraint": args.constraint,
+               "extra": parse_extra(args.slurm_extra), "chunk": args.chunk, "wait": args.wait,
+               "config": args.config}
     req = Request(suite=args.suite, methods=args.methods, tasks=args.tasks.split(",") if args.tasks else None,
                   seeds=_seeds(args.seeds) if args.seeds else None, protocol=args.protocol, stage=args.stage,
                   data_root=args.data_root, backbone=args.backbone, checkpoint=args.checkpoint,
@@ -172,16 +178,6 @@ def cmd_run(args) -> int:
                           f"{escape(str(error))} (record: {campaign.store.record_path(spec)})")
     _problems(campaign.store)
     return result.exit_code
-
-
-def _slurm_options(args):
-    from .executors.submitit import parse_extra, slurm_options, user_config_path
-
-    cli = {"partition": args.partition, "gpus_per_job": args.gpus_per_job, "cpus_per_job": args.cpus_per_job,
-           "mem": args.mem, "time": args.time, "array_parallelism": args.array_parallelism,
-           "account": args.account, "qos": args.qos, "constraint": args.constraint,
-           "extra": parse_extra(args.slurm_extra), "chunk": args.chunk, "wait": args.wait}
-    return slurm_options(user_config_path(args.config), cli)
 
 
 # --------------------------------------------------------------------------------------- list

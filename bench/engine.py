@@ -132,9 +132,6 @@ def make_optimizer(model: PeftModel, hp: dict[str, Any]) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}; use sgd or adamw")
 
 
-LR_SCHEDULES = ("step", "epoch")
-
-
 def make_scheduler(optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_per_epoch: int):
     """(scheduler, stepped per step?): linear warmup then cosine decay to 0, either per step
     (`lr_schedule="step"`) or once per epoch as VPT's code does (`"epoch"`)."""

@@ -111,7 +111,6 @@ ENGINE_SETTINGS: dict[str, Setting] = {
     "batch_size": Setting(128, "training batch", min=1),
     "eval_batch_size": Setting(256, "evaluation batch", min=1),
 }
-ENGINE_DEFAULTS: dict[str, Any] = {k: s.default for k, s in ENGINE_SETTINGS.items()}
 
 
 @dataclass

@@ -46,6 +46,27 @@ class Store:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
         self.problems: list[str] = []  # unreadable files met while reading, one line each
+        self.existed = self.root.exists()
+
+    def remove_empty_folders(self, suite: str) -> None:
+        """Remove the folders a refused command made and left empty (and the root, if this store
+        made it), so that bad input leaves the results root as it found it."""
+        top = self.root / suite
+        if top.is_dir():
+            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+            try:
+                top.rmdir()
+            except OSError:
+                pass
+        if not self.existed:
+            try:
+                self.root.rmdir()
+            except OSError:
+                pass
 
     # ---------------------------------------------------------------------- paths
     def cell_dir(self, spec: RunSpec) -> Path:
@@ -170,13 +191,15 @@ class Store:
         return RunLock.is_held(self.lock_path(spec))
 
     # ---------------------------------------------------------------------- plans
-    def save_plan(self, suite: str, specs: list[RunSpec]) -> Path:
+    def save_plan(self, suite: str, specs: list[RunSpec]) -> Path | None:
+        """Record what an invocation asked for; returns the plan's path if this call wrote it."""
         check_name(suite, "suite name", "results store")
         ids = sorted(s.run_id for s in specs)
         plan_id = hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
         path = self.root / suite / "_plans" / f"{plan_id}.json"
-        if not path.exists():
-            write_json_atomic(path, {"plan_id": plan_id, "specs": [s.to_dict() for s in specs]})
+        if path.exists():
+            return None
+        write_json_atomic(path, {"plan_id": plan_id, "specs": [s.to_dict() for s in specs]})
         return path
 
     def planned_specs(self, suite: str | None = None) -> list[RunSpec]:

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.errors import UserError
 from bench.model import PeftModel, check_cls_vit, freeze, make_head
 from bench.method import Setting, register_method
 
@@ -47,22 +46,33 @@ class VPTModel(PeftModel):
         bound = prompt_init_bound(backbone)
         self.prompts = nn.Parameter(torch.empty(n_sets, prompt_length, backbone.embed_dim).uniform_(-bound, bound))
         self.prompt_dropout = nn.Dropout(dropout)
+        # The prompts go in through forward pre-hooks on the blocks: the ViT runs its own forward
+        # (patch and position embedding, blocks, norm, CLS pooling), nothing of it copied here.
+        for i, block in enumerate(backbone.blocks):
+            if i == 0 or deep:
+                block.register_forward_pre_hook(_PromptHook(self, i))
+
+    def with_prompts(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """The tokens entering `block` with its prompts after CLS: inserted before the first
+        block, replacing the previous block's prompt outputs before the others."""
+        p = self.prompt_length
+        prompts = self.prompt_dropout(self.prompts[block if self.deep else 0]).expand(x.shape[0], -1, -1)
+        rest = x[:, 1:] if block == 0 else x[:, 1 + p:]
+        return torch.cat([x[:, :1], prompts.to(x.dtype), rest], dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        bb = self.backbone
-        x = bb.patch_embed(x)
-        x = bb._pos_embed(x)  # prepends CLS and adds the position embedding
-        x = bb.patch_drop(x)
-        x = bb.norm_pre(x)
-        batch, p = x.shape[0], self.prompt_length
-        for i, block in enumerate(bb.blocks):
-            if i == 0 or self.deep:
-                prompts = self.prompt_dropout(self.prompts[i if self.deep else 0]).expand(batch, -1, -1)
-                rest = x[:, 1:] if i == 0 else x[:, 1 + p:]
-                x = torch.cat([x[:, :1], prompts.to(x.dtype), rest], dim=1)
-            x = block(x)
-        x = bb.norm(x)
-        return bb.forward_head(x, pre_logits=True)
+        return self.backbone(x)  # timm with num_classes=0: the CLS token after the final norm
+
+
+class _PromptHook:
+    """Forward pre-hook of block `index`: its input with the prompts in place (a plain object, so
+    the model is not registered as a submodule of its own backbone)."""
+
+    def __init__(self, model: VPTModel, index: int):
+        self.model, self.index = model, index
+
+    def __call__(self, module, args):
+        return (self.model.with_prompts(args[0], self.index), *args[1:])
 
 
 def _formula(deep: bool):

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from bench.data import resolve_data_root
 from bench import engine
 from bench.engine import DivergedError, EngineOptions, run
 from bench.runs import execute_spec

@@ -6,7 +6,7 @@ import pytest
 
 from bench.errors import UserError
 from bench.spec import plan
-from bench.method import ENGINE_DEFAULTS, METHODS, all_methods, get_method, select_methods
+from bench.method import ENGINE_SETTINGS, METHODS, all_methods, get_method, select_methods
 from bench.registry import load_plugin
 from bench.suite import parse_suite
 
@@ -15,7 +15,7 @@ def test_linear_and_full_are_registered_with_the_engine_knobs():
     methods = all_methods()
     assert {"linear", "full"} <= set(methods)
     for m in methods.values():
-        assert set(ENGINE_DEFAULTS) <= set(m.defaults)
+        assert set(ENGINE_SETTINGS) <= set(m.defaults)
     assert methods["full"].defaults["optimizer"] == "adamw"
     assert methods["linear"].defaults["optimizer"] == "sgd"
 

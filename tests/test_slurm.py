@@ -238,7 +238,7 @@ def test_wait_and_chunk_need_a_job_executor(toy_suite, tmp_path):
     suite, data = toy_suite
     out = bench("run", "--suite", str(suite), "--data-root", str(data), "--wait",
                 "--results", str(tmp_path / "r"))
-    assert out.returncode == 2 and "--wait and --chunk go with --executor slurm or submitit-local" in out.stderr
+    assert out.returncode == 2 and "--wait: only with --executor slurm or submitit-local" in out.stderr
 
 
 @pytest.mark.slow
@@ -257,6 +257,14 @@ def test_submitit_local_runs_an_array_as_parallel_processes(toy_suite, tmp_path)
     assert len({r["job"]["job_id"] for r in recs.values()}) == 2
     status = bench("status", "--results", str(results))
     assert "toy: 2 ok, 0 failed, 0 running, 0 queued, 0 pending" in status.stdout
+    # --force reruns them in the array too, and keeps the records it replaces
+    forced = bench("run", "--suite", str(suite), "--data-root", str(data), "--methods", "linear",
+                   "--executor", "submitit-local", "--cpus-per-job", "1", "--wait", "--quiet", "--force",
+                   "--results", str(results), env=POLL)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    again = records(results)
+    assert all(again[t]["started_at"] > recs[t]["started_at"] for t in recs)
+    assert len(list(results.rglob("superseded/*.json"))) == 2
 
 
 @pytest.mark.slow

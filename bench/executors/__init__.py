@@ -10,7 +10,7 @@ that implements `Executor`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..registry import Registry, origin_of
@@ -41,7 +41,6 @@ class Launch:
     specs: list[RunSpec]
     outcome: Any = None               # bench.runs.Outcome, for an in-process launch
     submission: Any = None            # bench.executors.submitit.Submission, for an array
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Executor:

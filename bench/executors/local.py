@@ -15,9 +15,13 @@ class LocalExecutor(Executor):
     in_process = True
 
     def check(self) -> None:
-        if self.options and (self.options.get("wait") or self.options.get("chunk")):
-            raise UserError("--wait and --chunk go with --executor slurm or submitit-local; "
-                            "--executor local (the default) always runs in this process and waits")
+        given = [f"--{k}" for k in ("wait", "chunk") if (self.options or {}).get(k)]
+        given += [f"--{k.replace('_', '-')}" for k in ("partition", "gpus_per_job", "cpus_per_job", "mem", "time",
+                                                     "array_parallelism", "account", "qos", "constraint",
+                                                     "extra") if (self.options or {}).get(k) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: only with --executor slurm or submitit-local; --executor "
+                            "local (the default) always runs in this process and waits")
 
     def launch(self, specs, ctx: JobContext, store, suite, command, on_done=None) -> Launch:
         outcome = run_specs(specs, load_suite(ctx.suite_path), Path(ctx.data_root), store, ctx.engine,

@@ -217,8 +217,14 @@ def _local_alive(pid: str) -> bool:
 class SubmititExecutor(Executor):
     cluster: str = ""
 
-    def __init__(self, options: SlurmOptions | None = None):
-        super().__init__(options or SlurmOptions())
+    def __init__(self, options: dict | SlurmOptions | None = None):
+        """`options`: SlurmOptions, or the command line's cluster options as a dict (with
+        `config`: the config file given with --config, if any)."""
+        if not isinstance(options, SlurmOptions):
+            cli = dict(options or {})
+            config = user_config_path(cli.pop("config", None))
+            options = slurm_options(config, cli)
+        super().__init__(options)
 
     def launch(self, specs, ctx: JobContext, store, suite, command, on_done=None) -> Launch:
         """Submit `specs` as one array (one `map_array` call) and write its manifest."""

@@ -67,7 +67,7 @@ def write_report(report, out_dir: Path, formats: list[str]) -> list[Path]:
     for name in formats:
         try:
             written += WRITERS.get(name)().write(report, out_dir)
-        except PermissionError as exc:
+        except OSError as exc:
             raise UserError(f"cannot write the report into {out_dir}: {exc.strerror or exc}; pass "
                             "--out DIR with a folder you can write to") from None
     return written
