@@ -147,7 +147,8 @@ def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
 
 
-def create_backbone(name: str, checkpoint: str | None = None, img_size: int | None = None) -> Backbone:
+def create_backbone(name: str, checkpoint: str | None = None, img_size: int | None = None,
+                    drop_path: float = 0.0) -> Backbone:
     """A timm model without a head (num_classes=0), with pretrained weights from the hub cache,
     a package file (the demo ViT) or `checkpoint`."""
     if not _known_model(name):
@@ -158,6 +159,8 @@ def create_backbone(name: str, checkpoint: str | None = None, img_size: int | No
     kwargs = {"num_classes": 0}
     if img_size is not None:
         kwargs["img_size"] = img_size
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
     if checkpoint:
         model = _create(name, False, kwargs)
         load_checkpoint_into(model, checkpoint)

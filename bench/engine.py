@@ -80,7 +80,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def build_model(spec: RunSpec, num_classes: int) -> tuple[PeftModel, tuple, tuple]:
     """The method's model, and the mean and std its input images are normalised with."""
-    backbone = create_backbone(spec.backbone, spec.checkpoint, img_size=spec.image_size)
+    backbone = create_backbone(spec.backbone, spec.checkpoint, img_size=spec.image_size,
+                               drop_path=spec.hparams.get("drop_path", 0.0))
     model = get_method(spec.method).build(backbone.model, num_classes, dict(spec.hparams))
     mean, std = normalization(spec.normalize, backbone.mean, backbone.std)
     return model, mean, std
@@ -137,7 +138,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_p
     (`lr_schedule="step"`) or once per epoch as VPT's code does (`"epoch"`)."""
     if hp["lr_schedule"] == "epoch":
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: warmup_cosine_per_epoch(e, hp["warmup_epochs"], hp["epochs"])), False
+            optimizer, lambda e: warmup_cosine_per_epoch(e, hp["warmup_epochs"], hp["epochs"],
+                                                         hp["warmup_start"], hp["lr_floor"])), False
     total_steps = hp["epochs"] * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, hp["warmup_epochs"] * steps_per_epoch, total_steps)), True

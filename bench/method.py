@@ -106,8 +106,12 @@ ENGINE_SETTINGS: dict[str, Setting] = {
     "momentum": Setting(0.9, "SGD momentum", min=0.0, below=1.0),
     "epochs": Setting(100, "training epochs", min=1),
     "warmup_epochs": Setting(10, "linear warmup epochs, then cosine decay to 0", min=0),
-    "lr_schedule": Setting("step", "the schedule advances every step, or once per epoch (VPT's code)",
+    "lr_schedule": Setting("step", "the schedule advances every step, or once per epoch (VPT's code, timm's)",
                            choices=("step", "epoch")),
+    "warmup_start": Setting(0.0, "with lr_schedule=epoch: the warmup's first factor of lr", min=0.0, max=1.0),
+    "lr_floor": Setting(0.0, "with lr_schedule=epoch: the factor of lr the cosine ends at", min=0.0, max=1.0),
+    "drop_path": Setting(0.0, "stochastic depth of the backbone (timm's drop_path_rate); active only "
+                              "while the backbone trains in train mode", min=0.0, below=1.0),
     "batch_size": Setting(128, "training batch", min=1),
     "eval_batch_size": Setting(256, "evaluation batch", min=1),
 }

@@ -131,19 +131,27 @@ class PeftModel(nn.Module):
         phase), read after `on_epoch_end`."""
         return {}
 
+    def merged(self) -> "PeftModel | None":
+        """A copy with the method's trained update folded into the backbone's own weights, so the
+        deployed model costs exactly the backbone and the head; None where the method cannot be
+        merged (the default)."""
+        return None
+
     def run_metrics(self) -> dict[str, float]:
         """Method-specific figures for the run record (e.g. solver iterations)."""
         return {}
 
 
-def warmup_cosine_per_epoch(epoch: int, warmup_epochs: int, epochs: int) -> float:
-    """Learning-rate factor of 0-based `epoch` as VPT's code steps it (`WarmupCosineSchedule`,
-    stepped once after every epoch): a staircase warmup that starts at 0 (so the first epoch
-    does not move the weights), then a half cosine to 0."""
+def warmup_cosine_per_epoch(epoch: int, warmup_epochs: int, epochs: int, start: float = 0.0,
+                            floor: float = 0.0) -> float:
+    """Learning-rate factor of 0-based `epoch`, for a schedule stepped once after every epoch:
+    a staircase warmup from `start` (VPT's code: 0, so its first epoch does not move the
+    weights), then a half cosine from 1 down to `floor` over the remaining epochs (timm's
+    `CosineLRScheduler` as the AdamW-recipe papers ran it: from 1e-6 and down to 1e-5 of 1e-3)."""
     if epoch < warmup_epochs:
-        return epoch / max(1, warmup_epochs)
+        return start + (1.0 - start) * epoch / max(1, warmup_epochs)
     progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return floor + (1.0 - floor) * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -55,6 +55,14 @@ class Registry(Generic[T]):
             self._aliases[key.lower()] = name
         return item
 
+    def register_class(self, name: str, aliases: tuple[str, ...] = ()):
+        """A class decorator that registers the class under `name` (and sets its `name`)."""
+        def wrap(cls):
+            cls.name = name
+            self.add(name, cls, aliases, origin=origin_of(cls))
+            return cls
+        return wrap
+
     # --------------------------------------------------------------------- looking up
     def get(self, name: str) -> T:
         self.load()

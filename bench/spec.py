@@ -21,8 +21,10 @@ SPEC_VERSION = 2
 # The fields of the first run ids (version 1), which records written before version 2 hold.
 V1_FIELDS = ("suite", "task", "method", "seed", "stage", "backbone", "checkpoint", "image_size", "hparams")
 # Version-1 ids left out the fields added since, at the values every run then had implicitly
-# (normalize and interpolation were added as optional fields of version 1).
+# (normalize and interpolation were added as optional fields of version 1), and so do the
+# engine settings added since: at these values they change nothing of what those runs did.
 V1_DEFAULTS = {"normalize": "backbone", "interpolation": "bicubic"}
+V1_HPARAMS = {"lr_schedule": "step", "warmup_start": 0.0, "lr_floor": 0.0, "drop_path": 0.0}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class RunSpec:
     def v1_run_id(self) -> str:
         """The id version 1 gave this spec: what a record written before version 2 is named."""
         d = {k: v for k, v in self.to_dict().items() if k in V1_FIELDS}
+        d["hparams"] = {k: v for k, v in d["hparams"].items() if V1_HPARAMS.get(k, object()) != v}
         for key, legacy in V1_DEFAULTS.items():
             if getattr(self, key) != legacy:
                 d[key] = getattr(self, key)

@@ -89,16 +89,31 @@ class Store:
 
     # -------------------------------------------------------------------- checks
     def check_writable(self, what: str = "--results") -> None:
-        """One clear error unless records can be written under the root."""
+        """One clear error unless records can be written under the root: a file is tried there
+        (and removed, with any folder made for it), so a read-only file system is found too."""
         root = self.root
         if root.exists() and not root.is_dir():
             raise UserError(f"{what} {root} is a file, not a folder; pass a folder for the results")
+        made = []
         probe = root
         while not probe.exists():
+            made.append(probe)
             probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise UserError(f"{what} {root}: cannot write there ({probe} is not writable); pass a "
-                            "folder you can write to")
+        try:
+            for folder in reversed(made):
+                folder.mkdir()
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=".peftbench-probe-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UserError(f"{what} {root}: cannot write there ({exc.strerror or exc}); pass a folder "
+                            "you can write to") from None
+        finally:
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
 
     # -------------------------------------------------------------------- records
     def read(self, spec: RunSpec) -> dict | None:

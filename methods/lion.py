@@ -170,21 +170,28 @@ class EquilibriumLayer(nn.Module):
         self.stats["residual"] = res
         z = self.f(z_star, injection)  # one differentiable step at the fixed point
         if self.training and self.backward_mode == "implicit" and z.requires_grad:
-            z_in = z_star.detach().requires_grad_()
-            with torch.enable_grad():
-                f_in = self.f(z_in, injection.detach())
+            with torch.no_grad():
+                active = (self.A(z_star) + injection > 0).to(z_star.dtype)  # relu' at the fixed point
 
             def adjoint(grad):
                 if grad is None:
                     return None
-                # y = J^T y + grad, J = df/dz at z*: solved like the forward fixed point
+                # y = J^T y + grad, with J = diag(relu') A the Jacobian of f at z*: solved like the
+                # forward fixed point, J^T y written out (no graph is built per iteration)
                 def step(y):
-                    return torch.autograd.grad(f_in, z_in, y, retain_graph=True)[0] + grad
+                    return self.A_transposed(y * active) + grad
                 y, _, _ = self.solve(step, grad)
                 return y
 
             z.register_hook(adjoint)
         return u + self.G(z)
+
+    def A_transposed(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y: the adjoint of the linear map or of the 3x3 convolution A."""
+        w = self.A.weight.detach()
+        if isinstance(self.A, nn.Conv2d):
+            return F.conv_transpose2d(y, w, padding=self.A.padding)
+        return y @ w
 
     def weights(self) -> list[nn.Parameter]:
         return [self.A.weight, self.B.weight, self.G.weight]

@@ -125,14 +125,13 @@ class Backwards(Executor):
 
 WRITER_PLUGIN = '''
 from bench.reports import ReportWriter, register_writer
-from bench.reports.table import file_stem
 
 @register_writer("json")
 class JSON(ReportWriter):
-    def write(self, report, out_dir):
-        path = out_dir / f"{file_stem(report)}.json"
-        report.mean.to_json(path, orient="index")
-        return [path]
+    suffix = "json"  # written to <suite>_<stage>.json
+
+    def render(self, report):
+        return report.mean.to_json(orient="index")
 '''
 
 

@@ -57,9 +57,18 @@ def unrolled(lay, u, steps=300):
     return u + lay.G(z)
 
 
-def test_the_implicit_gradient_matches_differentiating_through_unrolled_iterations():
-    lay = layer(dtype=torch.float64)
-    u = torch.randn(3, 6, dtype=torch.float64)
+@pytest.mark.parametrize("conv", [False, True])
+def test_the_implicit_gradient_matches_differentiating_through_unrolled_iterations(conv):
+    if conv:  # the pixel layer: 3x3 convolutions, whose adjoint is a transposed convolution
+        torch.manual_seed(0)
+        lay = EquilibriumLayer(3, 4, conv=True, max_iter=200, tol=1e-10).to(torch.float64)
+        with torch.no_grad():
+            lay.G.weight.normal_()
+        lay.train()
+        u = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    else:
+        lay = layer(dtype=torch.float64)
+        u = torch.randn(3, 6, dtype=torch.float64)
     lay(u).pow(2).sum().backward()
     implicit = [p.grad.clone() for p in lay.parameters()]
     lay.zero_grad()
@@ -273,3 +282,29 @@ def test_the_token_input_layer_needs_a_vit_and_the_pixel_one_works_on_any_classi
         lion(resnet, input_space="token")
     model = lion(timm.create_model("test_resnet", pretrained=False, num_classes=0))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_on_the_demo_pruning_half_the_weights_costs_at_most_a_point():
+    """The lottery-ticket procedure must not cut what it trained: at the demo's budget the pruned
+    model, after training its key weights on, scores within a point of the same run without
+    pruning. (Zeroing the non-key weights after the last step instead cost 13 points here.)"""
+    from bench.data import resolve_data_root
+    from bench.engine import EngineOptions, run
+    from bench.method import select_methods
+    from bench.spec import plan
+    from bench.suite import load_suite
+
+    suite = load_suite("demo")
+    root = resolve_data_root(suite, None)
+    task = [suite.task("shapes_loc")]
+    top1 = {}
+    for sparsity in (0.5, 0.0):
+        spec = plan(suite, select_methods("lion"), task, [42], "final", suite.backbone, None,
+                    [f"sparsity={sparsity}"])[0]
+        out = run(spec, suite, root, EngineOptions(device=torch.device("cpu")))
+        top1[sparsity] = out["metrics"]["top1"]
+        if sparsity:
+            assert out["method_metrics"]["pruned_fraction"] == 0.5
+            assert out["curve"][-1]["prune_phase"] == "masked"
+    assert top1[0.5] >= top1[0.0] - 1.0, top1

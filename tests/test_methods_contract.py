@@ -22,7 +22,9 @@ BATCH, CLASSES = 3, 5
 BACKBONES = {
     "vit": (lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
                                       patch_size=4, embed_dim=24, depth=3, num_heads=2), 16),
-    "resnet": (lambda: timm.create_model("test_resnet", pretrained=False, num_classes=0), 32),
+    # zero_init_last off: a random ResNet's residual branches are otherwise dead (a zero last
+    # batch-norm scale), and nothing inside them would get a gradient
+    "resnet": (lambda: timm.create_model("test_resnet", pretrained=False, num_classes=0, zero_init_last=False), 32),
     "swin": (lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
                                        img_size=16, patch_size=2, window_size=4, embed_dim=12, depths=(1, 1),
                                        num_heads=(1, 2)), 16),

@@ -38,7 +38,7 @@ def test_grids_come_from_the_method_narrowed_by_the_suite_and_by_set():
     vtab, demo = load_suite("vtab1k"), load_suite("demo")
     deep = get_method("vpt-deep")
     assert len(grid_points(method_grid(deep, vtab, []))) == 40  # VPT: 10 lr x 4 wd
-    assert method_grid(deep, demo, []) == {"lr": [0.5, 2.0], "weight_decay": [0.0]}
+    assert method_grid(deep, demo, []) == {"lr": [5.0, 20.0, 50.0], "weight_decay": [0.0]}
     assert method_grid(deep, vtab, ["lr=1.0"]) == {"weight_decay": [0.01, 0.001, 0.0001, 0.0]}
     assert method_grid(deep, vtab, ["full.lr=1.0"])["lr"][0] == 50.0
     assert grid_points({}) == [{}]

@@ -105,14 +105,14 @@ def test_compare_published_prints_the_vpt_rows_and_our_difference(store, tmp_pat
         add_record(store, "linear", task.name, 1, float(published[task.name]) + 1.0)
     report = build_report(store, VTAB, compare_published=True)
     md = markdown_table(report)
-    assert "linear (published)" in md and "linear (ours − published)" in md
+    assert "linear (published, VPT)" in md and "linear (ours − published)" in md
     delta_row = next(line for line in md.splitlines() if line.startswith("| linear (ours"))
     assert delta_row.count("+1.0") >= 19 + 5  # every task, every group mean, both means
     files = write_report(report, tmp_path / "out", ["md", "latex", "csv"])
     assert [p.suffix for p in files] == [".md", ".tex", ".csv"]
-    assert "linear (published)" in files[2].read_text()
+    assert "linear (published, VPT)" in files[2].read_text()
     # every published row says where it comes from and how its number was selected
-    assert "linear (published): VPT paper Table 1" in md and "selected by val200 tuning then last epoch" in md
+    assert "linear (published, VPT): VPT paper Table 1" in md and "selected by val200 tuning then last epoch" in md
 
 
 def test_a_published_row_whose_configuration_the_suite_does_not_run_is_marked(store):
@@ -120,7 +120,7 @@ def test_a_published_row_whose_configuration_the_suite_does_not_run_is_marked(st
         add_record(store, "vpt-shallow", task.name, 1, 70.0)
         add_record(store, "vpt-deep", task.name, 1, 70.0)
     md = markdown_table(build_report(store, VTAB, compare_published=True))
-    assert "| vpt-shallow (published†)" in md and "| vpt-deep (published†)" in md
+    assert "| vpt-shallow (published, VPT†)" in md and "| vpt-deep (published, VPT†)" in md
     assert "† VPT tuned the prompt length per task" in md
     assert "† params 0.56M as published" in md
 
@@ -134,3 +134,18 @@ def test_plots_are_written_as_png_and_pdf(store, tmp_path):
     for p in paths:
         head = p.read_bytes()[:8]
         assert head.startswith(b"\x89PNG") or head.startswith(b"%PDF")
+
+
+def test_every_published_row_of_a_method_is_shown_with_its_source_and_selection(store):
+    for task in VTAB.tasks:
+        add_record(store, "lora", task.name, 1, 70.0)
+    report = build_report(store, VTAB, compare_published=True)
+    md = markdown_table(report)
+    assert "| lora (published, NOAH†)" in md and "| lora (published, PETL_Vision rerun†)" in md
+    # NOAH's number is the best test epoch: the label says so beside the row
+    assert "lora (published, NOAH†): NOAH paper Table 1; weights Google ViT-B_16.npz (ImageNet-21k); " \
+           "selected by best test epoch" in md
+    assert "selected by val200 tuning then last epoch; 1 seed" in md
+    # ours minus the first published row (NOAH's: 67.1 on CIFAR-100)
+    delta = next(line for line in md.splitlines() if line.startswith("| lora (ours"))
+    assert "+2.9" in delta

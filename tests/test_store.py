@@ -46,6 +46,10 @@ def test_a_record_written_before_the_ids_covered_splits_and_precision_is_still_t
     old = v1_spec()
     # the id records were written under before: unchanged by the later fields at their old values
     assert old.run_id == old.v1_run_id == spec().v1_run_id == "b02f17352eacc455"
+    # engine settings added since, at the values those runs had, leave the old id alone
+    later = spec(hparams={"lr": 1.0, "epochs": 10, "lr_schedule": "step", "drop_path": 0.0})
+    assert later.v1_run_id == "b02f17352eacc455" and spec(hparams={"lr": 1.0, "epochs": 10,
+                                                                   "drop_path": 0.1}).v1_run_id != later.v1_run_id
     store = Store(tmp_path)
     metrics = {"top1": 71.0, "train_split": "train800val200", "eval_split": "test"}
     store.write(old, {**ok_record(old), "metrics": metrics})

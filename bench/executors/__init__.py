@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..registry import Registry, origin_of
+from ..registry import Registry
 from ..spec import RunSpec
 from ..states import JobState
 from ..store import Store
@@ -77,10 +77,4 @@ class Executor:
 EXECUTORS: Registry[type[Executor]] = Registry("executor", "bench.executors", "peftbench.executors")
 
 
-def register_executor(name: str):
-    """Decorate an `Executor` subclass to register it under `name`."""
-    def wrap(cls: type[Executor]) -> type[Executor]:
-        cls.name = name
-        EXECUTORS.add(name, cls, origin=origin_of(cls))
-        return cls
-    return wrap
+register_executor = EXECUTORS.register_class  # the class decorator: @register_executor(name)

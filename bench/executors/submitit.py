@@ -205,6 +205,12 @@ def submissions(store: Store, suite: str | None = None) -> list[dict]:
     return out
 
 
+def _log(manifest: dict, job: dict) -> str:
+    """A job's stderr log: recorded in the manifest, or (manifests written before it was) where
+    submitit writes it, `<folder>/<job id>_<task rank>_log.err`."""
+    return job.get("stderr") or str(Path(manifest["folder"]) / f"{job['job_id']}_0_log.err")
+
+
 def _local_alive(pid: str) -> bool:
     """A submitit-local job is a process; alive if that pid still runs submitit's job runner."""
     try:
@@ -315,6 +321,7 @@ class SlurmExecutor(SubmititExecutor):
     @classmethod
     def _state(cls, manifest: dict, job: dict) -> JobState:
         state = "UNKNOWN"
+        job = {"stderr": _log(manifest, job), **job}
         if getattr(cls, "_sacct", False):
             state = submitit.SlurmJob.watcher.get_state(job["job_id"], mode="cache")
             state = state.split()[0].upper()  # "CANCELLED by 0" -> CANCELLED
@@ -340,6 +347,7 @@ class SubmititLocalExecutor(SubmititExecutor):
     @classmethod
     def _state(cls, manifest: dict, job: dict) -> JobState:
         state = "ALIVE" if _local_alive(job["job_id"]) else "EXITED"
+        job = {"stderr": _log(manifest, job), **job}
         return JobState(job["job_id"], state, job.get("stderr"), manifest["id"])
 
     @classmethod

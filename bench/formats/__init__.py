@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import DataError
-from ..registry import Registry, origin_of
+from ..registry import Registry
 
 
 @dataclass
@@ -38,13 +38,7 @@ class DataFormat:
 FORMATS: Registry[type[DataFormat]] = Registry("data format", "bench.formats", "peftbench.formats")
 
 
-def register_format(name: str):
-    """Decorate a `DataFormat` subclass to register it under `name`."""
-    def wrap(cls: type[DataFormat]) -> type[DataFormat]:
-        cls.name = name
-        FORMATS.add(name, cls, origin=origin_of(cls))
-        return cls
-    return wrap
+register_format = FORMATS.register_class  # the class decorator: @register_format(name)
 
 
 def read_text(path: Path) -> str:

@@ -12,28 +12,29 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import UserError
-from ..registry import Registry, origin_of
+from ..registry import Registry
 
 
 class ReportWriter:
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "table"    # table: chosen with --format; figures: written with --plots
+    suffix: ClassVar[str] = ""       # for a writer of one text file: its suffix, and `render`
 
     def write(self, report, out_dir: Path) -> list[Path]:
-        """Write the report's files under `out_dir` (which exists); returns their paths."""
+        """Write the report's files under `out_dir` (which exists); returns their paths. The
+        default writes `render(report)` to `<suite>_<stage>.<suffix>`."""
+        path = out_dir / f"{report.suite.name}_{report.stage}.{self.suffix}"
+        path.write_text(self.render(report), encoding="utf-8")
+        return [path]
+
+    def render(self, report) -> str:
         raise NotImplementedError
 
 
 WRITERS: Registry[type[ReportWriter]] = Registry("report format", "bench.reports", "peftbench.reports")
 
 
-def register_writer(name: str):
-    """Decorate a `ReportWriter` subclass to register it under `name`."""
-    def wrap(cls: type[ReportWriter]) -> type[ReportWriter]:
-        cls.name = name
-        WRITERS.add(name, cls, origin=origin_of(cls))
-        return cls
-    return wrap
+register_writer = WRITERS.register_class  # the class decorator: @register_writer(name)
 
 
 def table_formats() -> list[str]:

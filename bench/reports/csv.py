@@ -3,12 +3,10 @@ published comparison rows."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from . import ReportWriter, register_writer
-from .table import Report, comparison_rows, file_stem
+from .table import Report, comparison_rows
 
 
 def csv_frame(report: Report) -> pd.DataFrame:
@@ -25,7 +23,7 @@ def csv_frame(report: Report) -> pd.DataFrame:
 
 @register_writer("csv")
 class CSV(ReportWriter):
-    def write(self, report: Report, out_dir: Path) -> list[Path]:
-        path = out_dir / f"{file_stem(report)}.csv"
-        csv_frame(report).to_csv(path, float_format="%.4f")
-        return [path]
+    suffix = "csv"
+
+    def render(self, report: Report) -> str:
+        return csv_frame(report).to_csv(float_format="%.4f")

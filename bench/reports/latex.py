@@ -3,12 +3,10 @@ accuracy column in bold and the second underlined."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from . import ReportWriter, register_writer
-from .table import MISSING, PARAMS, PARAMS_NO_HEAD, Report, _fmt_params, _label, file_stem
+from .table import MISSING, PARAMS, PARAMS_NO_HEAD, Report, _fmt_params, _label
 
 
 def latex_table(report: Report) -> str:
@@ -56,9 +54,7 @@ def _escape(text: str) -> str:
 
 @register_writer("latex")
 class LaTeX(ReportWriter):
-    def write(self, report: Report, out_dir: Path) -> list[Path]:
-        path = out_dir / f"{file_stem(report)}.tex"
-        path.write_text(latex_table(report), encoding="utf-8")
-        return [path]
+    suffix = "tex"
 
-
+    def render(self, report: Report) -> str:
+        return latex_table(report)

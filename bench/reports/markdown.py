@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import ReportWriter, register_writer
-from .table import PARAMS, Report, display_frame, file_stem, published_notes
+from .table import PARAMS, Report, display_frame, published_notes
 
 
 def markdown_table(report: Report) -> str:
@@ -21,7 +19,7 @@ def markdown_table(report: Report) -> str:
 
 @register_writer("md")
 class Markdown(ReportWriter):
-    def write(self, report: Report, out_dir: Path) -> list[Path]:
-        path = out_dir / f"{file_stem(report)}.md"
-        path.write_text(markdown_table(report), encoding="utf-8")
-        return [path]
+    suffix = "md"
+
+    def render(self, report: Report) -> str:
+        return markdown_table(report)

@@ -20,6 +20,7 @@ from ..suite import Suite
 MISSING = "—"
 FLAT, GROUPS = "Mean (tasks)", "Mean (groups)"
 PARAMS, PARAMS_NO_HEAD = "Params (M)", "Params no head (M)"
+CELL_KEYS = ("suite", "task", "method", "seed", "stage")
 
 
 @dataclass
@@ -82,51 +83,55 @@ def records_frame(store: Store, suite: str) -> pd.DataFrame:
             "suite": spec["suite"], "method": spec["method"], "task": spec["task"],
             "seed": spec["seed"], "stage": spec["stage"], "backbone": spec["backbone"],
             "hparams": json.dumps(spec["hparams"], sort_keys=True), "run_id": rec["run_id"],
+            # everything of the spec that is not the cell or the seed: one configuration
+            "config": json.dumps({k: v for k, v in spec.items() if k not in CELL_KEYS}, sort_keys=True),
             "finished_at": rec.get("finished_at", ""), **m,
         })
     return pd.DataFrame(rows)
 
 
-PUBLISHED_LABELS = ("source", "weights", "selection", "config_note")
+PUBLISHED_LABELS = ("method", "label", "source", "weights", "selection", "config_note")
 
 
 def published_frame(suite: Suite) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """The published rows carried in bench/reference/ (the VPT paper's), and for each its label:
-    source, backbone weights, how the number was selected, and where this suite does not run
-    the published configuration; or None."""
+    """The published rows carried in bench/reference/ for this suite (one or more per method,
+    each from one source), indexed by their row names, and for each its label: method, source
+    short name, source, backbone weights, how the number was selected, and where this suite does
+    not run the published configuration; or None."""
     path = resources.files("bench") / "reference" / f"published_{suite.name}.csv"
     if not path.is_file():
         return None
     with path.open() as f:
-        table = pd.read_csv(f, comment="#").set_index("method")
+        table = pd.read_csv(f, comment="#")
+    labels = table.reindex(columns=list(PUBLISHED_LABELS)).fillna("")
+    names = [f"{m} (published, {lab}{'†' if note else ''})"
+             for m, lab, note in zip(labels["method"], labels["label"], labels["config_note"])]
+    table.index = labels.index = names
     tasks = [t.name for t in suite.tasks]
     frame = add_means(table[tasks], suite)
     frame[PARAMS] = table["trainable_params_m"]
     frame[PARAMS_NO_HEAD] = float("nan")
-    labels = table.reindex(columns=list(PUBLISHED_LABELS)).fillna("")
     return frame, labels
 
 
-def published_name(report: "Report", method: str) -> str:
-    """`<method> (published)`, with a dagger where the suite does not run that configuration."""
-    note = report.published_labels.loc[method, "config_note"] if report.published_labels is not None else ""
-    return f"{method} (published{'†' if note else ''})"
+def _published_rows(report: "Report", method: str) -> list[str]:
+    if report.published_labels is None:
+        return []
+    labels = report.published_labels
+    return list(labels.index[labels["method"] == method])
 
 
 def published_notes(report: "Report") -> list[str]:
-    """One line per published row shown: its source and selection, and its configuration note."""
-    if report.published is None:
-        return []
+    """One line per published row shown: its source, weights and selection, and the note where
+    this suite does not run its configuration (marked † in the row's name)."""
     lines = []
     for method in report.mean.index:
-        if method not in report.published.index:
-            continue
-        label = report.published_labels.loc[method]
-        line = (f"{published_name(report, method)}: {label['source']}; weights {label['weights']}; "
-                f"selected by {label['selection']}")
-        if label["config_note"]:
-            line += f"; † {label['config_note']}"
-        lines.append(line)
+        for name in _published_rows(report, method):
+            label = report.published_labels.loc[name]
+            line = (f"{name}: {label['source']}; weights {label['weights']}; selected by {label['selection']}")
+            if label["config_note"]:
+                line += f"; † {label['config_note']}"
+            lines.append(line)
     return lines
 
 
@@ -141,10 +146,10 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
             f"no ok records for suite {suite.name!r} stage {stage!r} under {store.root}"])
     # One configuration per cell: where a cell was run with several (e.g. a later --set), the
     # most recently finished configuration is the one reported, and the report says so.
-    keys = ["method", "task", "backbone", "hparams"]
+    keys = ["method", "task", "config"]
     latest = df.groupby(keys)["finished_at"].max().reset_index()
     latest = latest.sort_values("finished_at").groupby(["method", "task"]).tail(1)
-    configs = df.groupby(["method", "task"])[["hparams", "backbone"]].nunique().max(axis=1)
+    configs = df.groupby(["method", "task"])["config"].nunique()
     for (method, task), n in configs.items():
         if n > 1:
             notes.append(f"{method}/{task}: records with {n} configurations; reporting the latest")
@@ -214,12 +219,13 @@ def comparison_rows(report: Report) -> pd.DataFrame:
         return pd.DataFrame()
     rows = {}
     for method in report.mean.index:
-        if method not in report.published.index:
-            continue
-        pub = report.published.loc[method]
-        rows[published_name(report, method)] = pub
-        delta = report.mean.loc[method, report.accuracy_columns] - pub[report.accuracy_columns]
-        rows[f"{method} (ours − published)"] = delta
+        names = _published_rows(report, method)
+        for name in names:
+            rows[name] = report.published.loc[name]
+        if names:  # the first published row of a method is the one ours is compared with
+            first = report.published.loc[names[0]]
+            rows[f"{method} (ours − published)"] = report.mean.loc[method, report.accuracy_columns] - \
+                first[report.accuracy_columns]
     return pd.DataFrame(rows).T.reindex(columns=report.mean.columns)
 
 

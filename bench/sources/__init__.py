@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from ..errors import UserError
-from ..registry import Registry, origin_of
+from ..registry import Registry
 
 
 class DataSource:
@@ -39,10 +39,4 @@ class DataSource:
 SOURCES: Registry[type[DataSource]] = Registry("data source", "bench.sources", "peftbench.sources")
 
 
-def register_source(name: str):
-    """Decorate a `DataSource` subclass to register it under `name`."""
-    def wrap(cls: type[DataSource]) -> type[DataSource]:
-        cls.name = name
-        SOURCES.add(name, cls, origin=origin_of(cls))
-        return cls
-    return wrap
+register_source = SOURCES.register_class  # the class decorator: @register_source(name)

@@ -1,0 +1,150 @@
+"""LoRA, BitFit, SSF, the adapters and AdaptFormer held to their sources: parameter counts on
+ViT-B/16, LoRA's untouched k rows, merges that change nothing, and the recipe's drop-path."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+from bench.engine import make_optimizer, train_step
+from bench.method import get_method
+
+CLASSES = 5
+
+
+def tiny_vit(drop_path: float = 0.0, seed: int = 0):
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
+                             patch_size=4, embed_dim=24, depth=3, num_heads=2, drop_path_rate=drop_path)
+
+
+def build(name: str, backbone=None, **overrides):
+    m = get_method(name)
+    hp = {**m.defaults, **overrides}
+    torch.manual_seed(1)
+    return m.build(backbone if backbone is not None else tiny_vit(), CLASSES, hp), hp
+
+
+def trained(name: str, steps: int = 3, **overrides):
+    """A model of the method after a few optimizer steps, so its update is not the init's."""
+    model, hp = build(name, **overrides)
+    model.train()
+    opt = make_optimizer(model, {**hp, "lr": 0.05, "lr_batch_base": 0})
+    x, y = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(6) % CLASSES
+    for _ in range(steps):
+        train_step(model, opt, x, y)
+    return model
+
+
+@pytest.mark.slow
+def test_the_formulas_give_the_published_counts_on_vit_b16():
+    """ViT-B/16 as the papers' (timm's vit_base_patch16_224, built without weights): the counts
+    methods-next.md derives from each source, without the head."""
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    assert sum(p.numel() for p in vit.parameters()) == 85_798_656
+    expected = [("lora", {}, 294_912), ("lora", {"targets": "qkv"}, 294_912), ("bitfit", {}, 102_912),
+                ("ssf", {}, 205_824), ("adapter", {}, 156_768), ("adapter-houlsby", {}, 313_536 + 38_400),
+                ("adaptformer", {}, 1_189_632), ("adaptformer", {"dim": 8}, 156_768),
+                ("vpt-deep", {}, 92_160), ("vpt-shallow", {}, 7_680), ("lion", {}, 51_995)]
+    head = 768 * 100 + 100
+    for name, overrides, count in expected:
+        m = get_method(name)
+        hp = {**m.defaults, **overrides}
+        assert m.formula(vit, 100, hp) - head == count, (name, overrides)
+        model = m.build(copy.deepcopy(vit), 100, hp)
+        assert model.param_counts()["trainable_params_no_head"] == count, (name, overrides)
+
+
+def test_lora_on_q_and_v_leaves_the_k_rows_of_qkv_as_they_were():
+    model = trained("lora")
+    frozen = tiny_vit()
+    x = torch.randn(2, 5, 24)
+    d = 24
+    for qkv, plain, delta in zip((b.attn.qkv for b in model.backbone.blocks),
+                                 (b.attn.qkv for b in frozen.blocks), model.deltas):
+        assert delta.delta_weight()[d:2 * d].abs().max() == 0
+        model.eval()
+        with torch.no_grad():
+            out, ref = qkv(x), plain(x)
+        assert torch.equal(out[..., d:2 * d], ref[..., d:2 * d])        # k untouched
+        assert not torch.allclose(out[..., :d], ref[..., :d])           # q and v trained
+        assert not torch.allclose(out[..., 2 * d:], ref[..., 2 * d:])
+
+
+@pytest.mark.parametrize("name, overrides", [("lora", {}), ("lora", {"targets": "qkv"}), ("ssf", {})])
+def test_a_merged_model_is_the_plain_backbone_and_gives_the_same_outputs(name, overrides):
+    model = trained(name, **overrides)
+    model.eval()
+    merged = model.merged()
+    merged.eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(merged(x), model(x), atol=1e-5)
+    backbone_params = sum(p.numel() for p in tiny_vit().parameters())
+    head = 24 * CLASSES + CLASSES
+    assert sum(p.numel() for p in merged.parameters()) == backbone_params + head
+    assert type(merged.backbone) is type(tiny_vit())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in merged.backbone.modules())
+    assert set(merged.backbone.state_dict()) == set(tiny_vit().state_dict())
+
+
+def test_methods_that_cannot_merge_say_so():
+    for name in ("adapter", "adaptformer", "vpt-deep", "lion"):
+        assert build(name)[0].merged() is None, name
+
+
+@pytest.mark.parametrize("name", ["lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer"])
+def test_drop_path_is_on_while_these_methods_train_and_off_when_they_evaluate(name):
+    model, hp = build(name, tiny_vit(drop_path=hp_drop_path(name)))
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model.features(x)
+        torch.manual_seed(1)
+        b = model.features(x)
+    assert not torch.allclose(a, b)  # stochastic depth drew different paths
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.features(x), model.features(x))
+
+
+def hp_drop_path(name: str) -> float:
+    return get_method(name).defaults["drop_path"]
+
+
+def test_drop_path_is_off_for_vpt_and_the_recipes_say_so():
+    assert hp_drop_path("vpt-deep") == hp_drop_path("vpt-shallow") == hp_drop_path("linear") == 0.0
+    assert all(hp_drop_path(n) == 0.1 for n in ("lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer"))
+    model, _ = build("vpt-shallow", tiny_vit(drop_path=0.1))  # even a backbone built with it
+    model.train()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.features(x), model.features(x))  # the frozen ViT stays in eval mode
+
+
+def test_the_adamw_recipe_is_what_the_sources_ran():
+    for name in ("lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer"):
+        hp = get_method(name).defaults
+        assert (hp["optimizer"], hp["lr"], hp["lr_batch_base"], hp["weight_decay"]) == ("adamw", 1e-3, 64, 1e-4)
+        assert (hp["epochs"], hp["warmup_epochs"], hp["batch_size"], hp["lr_schedule"]) == (100, 10, 64, "epoch")
+        assert get_method(name).grid["lr"] == [1e-3, 1e-2] and get_method(name).grid["weight_decay"] == [1e-4, 1e-3]
+    from bench.model import warmup_cosine_per_epoch as f
+    # timm's CosineLRScheduler as they stepped it: from 1e-6, peak 1e-3, down towards 1e-5
+    assert f(0, 10, 100, 1e-3, 1e-2) * 1e-3 == pytest.approx(1e-6)
+    assert f(10, 10, 100, 1e-3, 1e-2) == pytest.approx(1.0)
+    assert f(99, 10, 100, 1e-3, 1e-2) * 1e-3 == pytest.approx(1e-5, rel=0.05)
+
+
+def test_targets_that_are_not_there_are_refused_naming_the_module():
+    from bench.errors import UserError
+
+    vit = tiny_vit()
+    vit.blocks[1].attn.qkv = torch.nn.Identity()  # a ViT whose qkv is not a Linear
+    with pytest.raises(UserError, match=r"blocks.1.attn.qkv of this VisionTransformer is a Identity"):
+        build("lora", vit)
+    vit = tiny_vit()
+    del vit.blocks[2].mlp
+    with pytest.raises(UserError, match=r"blocks.2 of this VisionTransformer has none"):
+        build("adapter", vit)
