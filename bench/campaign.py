@@ -17,6 +17,7 @@ What happens is told to a listener (the CLI renders it); nothing here prints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ class Listener(Protocol):
 class Request:
     """`bench run`'s arguments, as parsed."""
     suite: str
-    methods: str = "all"
+    methods: str | None = None       # comma-separated, "all", or None: the suite's `methods` (else all)
     tasks: list[str] | None = None
     seeds: list[int] | None = None
     protocol: str | None = None
@@ -123,7 +124,7 @@ def preflight(req: Request, progress=None) -> Campaign:
     executor.check()
     suite = load_suite(req.suite)
     check_suite_settings(suite)
-    methods = select_methods(req.methods)
+    methods = select_methods(req.methods or ",".join(suite.methods) or "all")
     tasks = suite.select_tasks(req.tasks)
     seeds = list(dict.fromkeys(req.seeds if req.seeds is not None else suite.seeds))
     if not seeds:
@@ -208,6 +209,14 @@ def _build_each_method_once(backbone, methods: list[Method], specs: list[RunSpec
 # ----------------------------------------------------------------------------------- execute
 def execute(c: Campaign, listener: Listener) -> Result:
     """Run (or submit) every stage of the campaign; see the module's docstring."""
+    if c.context.force_since is None:
+        return _execute(c, listener)
+    with c.store.force_wave(c.suite.name, c.context.force_since) as since:
+        c.context = dataclasses.replace(c.context, force_since=since)
+        return _execute(c, listener)
+
+
+def _execute(c: Campaign, listener: Listener) -> Result:
     result = Result()
     store, executor = c.store, c.executor
     attempted: set[str] = set()

@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run methods on a suite (skips runs already recorded ok)")
     r.add_argument("--suite", required=True, help="demo, vtab1k, fgvc, lion-paper, or a path to a suite .toml")
-    r.add_argument("--methods", default="all", help="comma-separated methods or 'all' (default)")
+    r.add_argument("--methods", help="comma-separated methods, or all (default: the suite's `methods`, "
+                                      "else all)")
     r.add_argument("--tasks", help="comma-separated tasks (names or aliases; default: all)")
     r.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
     r.add_argument("--protocol", choices=("fixed", "vtab"),

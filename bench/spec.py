@@ -211,6 +211,10 @@ def check_suite_settings(suite: Suite) -> None:
 
     methods = list(all_methods().values())
     by_name = {n: m for m in methods for n in (m.name, *m.aliases)}
+    for name in suite.methods:
+        if name not in by_name:
+            raise UserError(f"{suite.path}: methods names {name!r}, which is not a registered method; "
+                            f"methods: {', '.join(sorted(all_methods()))}")
     layers = [(suite.hparams, f"{suite.path} [hparams]")]
     layers += [(t.hparams, f"{suite.path} task {t.name!r} hparams") for t in suite.tasks]
     for layer, where in layers:

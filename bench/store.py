@@ -6,6 +6,7 @@ Layout under the results root:
     <suite>/<method>/<task>/<run_id>.ckpt    the epoch checkpoint of an unfinished run
     <suite>/<method>/<task>/superseded/      records a `--force` rerun replaced, kept
     <suite>/_plans/<plan_id>.json            what a `bench run` invocation asked for
+    <suite>/_force/<time>.wave               a `--force` wave, flocked by the commands in it
     _submissions/<id>/                       one SLURM/submitit submission: manifest and job logs
 
 Per-run files need no shared index, so concurrent writers (two shells, a SLURM array on NFS)
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -204,6 +206,53 @@ class Store:
 
     def is_running(self, spec: RunSpec) -> bool:
         return RunLock.is_held(self.lock_path(spec))
+
+    # ---------------------------------------------------------------------- --force waves
+    @contextmanager
+    def force_wave(self, suite: str, since: str) -> Iterator[str]:
+        """The start time of the `--force` wave this command belongs to, held while it runs.
+
+        `--force` reruns every run whose ok record started before the wave did. A second
+        `--force` command started while the first is still running joins its wave (it takes the
+        first one's start time), so the two share the reruns instead of each redoing what the
+        other just finished; once no command of a wave is alive, the next `--force` starts a new
+        one. Members hold a shared flock on the wave's file; choosing or starting a wave happens
+        under an exclusive lock on the folder, so two commands cannot start two waves at once.
+        """
+        check_name(suite, "suite name", "results store")
+        folder = self.root / suite / "_force"
+        folder.mkdir(parents=True, exist_ok=True)
+        select = os.open(folder / ".select", os.O_RDWR | os.O_CREAT, 0o666)
+        member = -1
+        try:
+            fcntl.flock(select, fcntl.LOCK_EX)
+            for wave in sorted(folder.glob("*.wave")):
+                fd = os.open(wave, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a live command holds it: join this wave
+                    try:
+                        joined = wave.read_text(encoding="utf-8").strip()
+                        datetime.fromisoformat(joined)
+                    except (OSError, ValueError):
+                        os.close(fd)
+                        continue
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    member, since = fd, joined
+                    break
+                wave.unlink(missing_ok=True)  # nobody holds it any more
+                os.close(fd)
+            if member < 0:
+                path = folder / f"{since.replace(':', '-').replace('+', 'p')}-{os.getpid()}.wave"
+                member = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+                os.write(member, since.encode())
+                fcntl.flock(member, fcntl.LOCK_SH)
+        finally:
+            os.close(select)  # drops the folder's lock
+        try:
+            yield since
+        finally:
+            os.close(member)
 
     # ---------------------------------------------------------------------- plans
     def save_plan(self, suite: str, specs: list[RunSpec]) -> Path | None:

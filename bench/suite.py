@@ -56,6 +56,7 @@ class Suite:
     tasks: tuple[Task, ...]
     transform: str = "resize"
     source: str = ""                 # a data source that writes the data (the demo), or none
+    methods: tuple[str, ...] = ()    # what `bench run` runs without --methods (empty: every method)
     normalize: str = "backbone"      # backbone: the backbone's own mean/std; imagenet; none (x / 255)
     interpolation: str = "bicubic"
     protocol: str = "fixed"
@@ -84,7 +85,7 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
     "transform": (str, False), "hparams": (dict, False), "protocol": (str, False),
     "grid": (dict, False), "normalize": (str, False), "interpolation": (str, False),
-    "source": (str, False),
+    "source": (str, False), "methods": (list, False),
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
@@ -139,6 +140,9 @@ def parse_suite(data: dict, src: str) -> Suite:
     if source and SOURCES.get(source).format != data["format"]:
         raise UserError(f"{src}: source {source!r} writes {SOURCES.get(source).format!r} data, "
                         f"but the suite's format is {data['format']!r}")
+    methods = data.get("methods", [])
+    if not all(isinstance(m, str) and m for m in methods):
+        raise UserError(f"{src}: methods must be an array of method names, got {methods!r}")
     transform = data.get("transform", "resize")
     if transform not in TRANSFORMS:
         raise UserError(f"{src}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}")
@@ -205,7 +209,8 @@ def parse_suite(data: dict, src: str) -> Suite:
                  image_size=data["image_size"], backbone=data["backbone"], seeds=tuple(seeds),
                  groups=tuple(groups) or tuple(dict.fromkeys(t.group for t in tasks)),
                  splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
-                 transform=transform, source=source, normalize=normalize, interpolation=interpolation,
+                 transform=transform, source=source, methods=tuple(methods), normalize=normalize,
+                 interpolation=interpolation,
                  protocol=protocol, grid=grid,
                  hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
                  path=src)

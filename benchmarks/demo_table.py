@@ -1,0 +1,68 @@
+"""The README's demo table, regenerated from a real run so that it cannot drift.
+
+    python benchmarks/demo_table.py [--methods all] [--results DIR] [--set key=value ...]
+
+Runs `bench run --suite demo` as the README's first command does, in a fresh results root
+(and a fresh demo-data cache unless --keep-cache, so the timing includes writing the data), and
+prints the table as the command printed it, the wall time, the peak resident memory, the machine
+and the commit that produced it: the block to paste into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=None, help="as for bench run (default: the suite's headline set)")
+    p.add_argument("--results", help="results root (default: a new temporary folder)")
+    p.add_argument("--keep-cache", action="store_true", help="reuse the demo data already in the cache")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+
+    results = args.results or tempfile.mkdtemp(prefix="peftbench-demo-")
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    if not args.keep_cache:
+        env["PEFTBENCH_CACHE"] = tempfile.mkdtemp(prefix="peftbench-cache-")
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--suite", "demo", "--results", results, "--quiet"]
+    if args.methods:
+        cmd += ["--methods", args.methods]
+    for item in args.set:
+        cmd += ["--set", item]
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    table = proc.stdout[proc.stdout.index("┏") - 0:] if "┏" in proc.stdout else proc.stdout
+    title = [line for line in proc.stdout.splitlines() if "top-1 (%)" in line]
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    cores = len(os.sched_getaffinity(0))
+    print(f"command: bench run --suite demo{' --methods ' + args.methods if args.methods else ''}"
+          f"{''.join(' --set ' + s for s in args.set)}")
+    print(f"commit {commit}{' (with uncommitted changes)' if dirty else ''}; {platform.processor() or platform.machine()}, "
+          f"{cores} cores, Python {platform.python_version()}; wall time {seconds / 60:.1f} min "
+          f"({seconds:.0f} s, first run: the demo data written too{'' if not args.keep_cache else ' (no: cached)'}); "
+          f"peak resident memory {peak:.2f} GiB")
+    print("\n".join(title))
+    print(table.rstrip())
+    print(f"records in {results}")
+
+
+if __name__ == "__main__":
+    main()
