@@ -7,6 +7,7 @@ This module parses arguments and renders what the others compute: the run flow i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rich.markup import escape
 from .errors import UserError
 
 console = Console(highlight=False)
-if not console.is_terminal:  # logs and pipes: no 80-column folding of wide tables
+if not console.is_terminal and not os.environ.get("COLUMNS"):  # logs and pipes: no 80-column folding
     console = Console(highlight=False, width=200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -148,6 +149,11 @@ def cmd_run(args) -> int:
         if data_bar is not None:
             bars.remove_task(data_bar)
     if campaign.executor.in_process:
+        from .measure import cpu_contention
+
+        busy = None if str(campaign.context.engine.device).startswith("cuda") else cpu_contention(campaign.threads)
+        if busy:
+            err_console.print(f"[yellow]warning[/]: {escape(busy)}")
         total = len(campaign.base) + len(campaign.tune)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, disable=args.quiet) as progress:
@@ -172,7 +178,7 @@ def cmd_run(args) -> int:
         return 0
     report = build_report(campaign.store, campaign.suite, campaign.report_stage)
     if not report.mean.empty:
-        console.print(rich_table(report.restrict({m.name for m in campaign.methods})))
+        console.print(rich_table(report.restrict({m.name for m in campaign.methods}), width=console.width))
     for spec, error in result.outcome.failed:
         err_console.print(f"[red]failed[/] {spec.stage} {spec.method}/{spec.task}/seed {spec.seed}: "
                           f"{escape(str(error))} (record: {campaign.store.record_path(spec)})")
@@ -334,7 +340,7 @@ def cmd_report(args) -> int:
         raise UserError(f"nothing to report: {report.notes[0]}. Run `bench run --suite {suite.name}` "
                         "first, or pass --results DIR")
     written = write_report(report, out, formats + (["plots"] if args.plots else []))
-    console.print(rich_table(report))
+    console.print(rich_table(report, width=console.width))
     for line in published_notes(report):
         console.print(escape(line))
     for note in report.notes:

@@ -122,3 +122,24 @@ def environment(device: torch.device) -> dict:
                   if k in os.environ},
     }
     return env
+
+
+def cpu_contention(threads: int) -> str | None:
+    """Why timings on this machine will be slow and not comparable, or None.
+
+    Each bench process uses as many torch threads as it has cores; with other work on those cores
+    (another bench run, a build) the threads fight for them and a run can take 20-40 times as
+    long. The 1-minute load average counts the work already there (this process, idle until it
+    trains, adds a few tenths: the slack below); with this run's threads on top, more runnable
+    threads than cores is oversubscription.
+    """
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if load + threads <= cores + 0.75:
+        return None
+    return (f"this machine is busy: load {load:.1f} on {cores} cores before this run's {threads} torch "
+            f"threads, so training will be slow and its times not comparable; let the other work finish, "
+            f"or give each concurrent bench process --threads {max(1, cores // 2)}")

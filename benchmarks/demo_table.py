@@ -1,11 +1,12 @@
 """The README's demo table, regenerated from a real run so that it cannot drift.
 
-    python benchmarks/demo_table.py [--methods all] [--results DIR] [--set key=value ...]
+    python benchmarks/demo_table.py [--methods all] [--results DIR] [--figures DIR] [--set key=value ...]
 
 Runs `bench run --suite demo` as the README's first command does, in a fresh results root
 (and a fresh demo-data cache unless --keep-cache, so the timing includes writing the data), and
 prints the table as the command printed it, the wall time, the peak resident memory, the machine
-and the commit that produced it: the block to paste into the README.
+and the commit that produced it: the block to paste into the README. With --figures DIR it also
+writes the report's figures (PNG) there from the same records: the README's are in docs/figures.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--methods", default=None, help="as for bench run (default: the suite's headline set)")
     p.add_argument("--results", help="results root (default: a new temporary folder)")
     p.add_argument("--keep-cache", action="store_true", help="reuse the demo data already in the cache")
+    p.add_argument("--figures", help="also write the report's PNG figures into this folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
 
@@ -62,6 +65,20 @@ def main() -> None:
     print("\n".join(title))
     print(table.rstrip())
     print(f"records in {results}")
+    if args.figures:
+        write_figures(results, Path(args.figures), env)
+
+
+def write_figures(results: str, folder: Path, env: dict) -> None:
+    out = Path(tempfile.mkdtemp(prefix="peftbench-report-"))
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "report", "--suite", "demo", "--results", results,
+                           "--plots", "--out", str(out)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench report failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for png in sorted((out / "plots").glob("*.png")):
+        shutil.copy(png, folder / png.name)
+        print(f"figure {folder / png.name}")
 
 
 if __name__ == "__main__":

@@ -348,7 +348,7 @@ def bench_lion(args) -> None:
     x, y = x.to(device), y.to(device)
     results = {}
     for max_iter in (5, 20, 50):
-        _, _, s = demo_spec("lion", "mnist", [f"max_iter={max_iter}", "tol=0.0"])
+        _, _, s = demo_spec("lion", "mnist", [f"max_iter={max_iter}", "tol=1e-12"])
         torch.manual_seed(0)
         model, _, _ = build_model(s, task.num_classes)
         model.to(device)
@@ -381,7 +381,6 @@ def bench_lion(args) -> None:
 
 
 # ---------------------------------------------------------------------------------- 5. gpu
-GPU_METHODS = ("linear", "full", "vpt-shallow", "vpt-deep", "lion")
 
 
 def _vit_b(device, smoke: bool):
@@ -481,7 +480,9 @@ def bench_gpu(args) -> None:
         table.add_column(col, justify="left" if col == "method" else "right")
     train_images = 19 * 5 * 100 * 1000  # tasks x seeds x epochs x train800val200
     test_images = 5 * sum(VTAB1K_TEST_IMAGES.values())
-    for method in GPU_METHODS:
+    from bench.method import all_methods
+
+    for method in all_methods():  # every registered method, plugins included
         m = get_method(method)
         hp = resolve_hparams(m, suite, task, [])
         model = m.build(_vit_b(device, smoke), task.num_classes, dict(hp)).to(device)

@@ -34,7 +34,7 @@ def test_run_records_then_skips_then_forces(toy_suite, tmp_path):
         assert rec["metrics"]["top1"] >= 90
         assert rec["env"]["packages"]["timm"]
     assert "4 ran, 0 already done" in first.stdout
-    assert "Mean (groups)" in first.stdout  # the table at the end
+    assert "(groups)" in first.stdout and "top-1 (%)" in first.stdout  # the table at the end
     before = {p: p.stat().st_mtime_ns for p in records}
     again = run_toy(suite, data, results, "--methods", "linear,full")
     assert again.returncode == 0 and "0 ran, 4 already done" in again.stdout
@@ -211,3 +211,30 @@ def test_ctrl_c_exits_130_and_leaves_nothing_half_written(toy_suite, tmp_path):
     assert "interrupted; finished runs are recorded" in err and "Traceback" not in err
     assert not list(results.rglob("*.lock")) and not list(results.rglob(".*.tmp"))
     assert all(json.loads(p.read_text())["status"] == "ok" for p in record_files(results))
+
+
+def test_a_busy_machine_is_named_once_with_the_remedy(toy_suite, tmp_path, capsys, monkeypatch):
+    suite, data = toy_suite
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.0, cores + 2.0, cores + 2.0))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--suite", str(suite), "--methods", "linear", "--tasks", "colours", "--set", "epochs=1",
+              "--data-root", str(data), "--results", str(tmp_path / "results"), "--quiet"])
+    assert exit_info.value.code == 0
+    err = capsys.readouterr().err
+    assert err.count("this machine is busy") == 1 and f"on {cores} cores" in err and "--threads" in err
+
+
+def test_the_busy_rule_counts_this_runs_threads_against_the_free_cores(monkeypatch):
+    from bench.measure import cpu_contention
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert cpu_contention(2) is None             # an idle machine (and this command's pre-flight)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert cpu_contention(1) is None             # another run with one thread, this one with one
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    assert "load 2.0 on 2 cores" in cpu_contention(2)  # another run on both cores, this one on both too
+    assert "--threads 1" in cpu_contention(1)    # ... or on one: still three threads on two cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert cpu_contention(2) is not None

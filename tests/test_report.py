@@ -136,6 +136,38 @@ def test_plots_are_written_as_png_and_pdf(store, tmp_path):
         assert head.startswith(b"\x89PNG") or head.startswith(b"%PDF")
 
 
+@pytest.mark.parametrize("width", ["column", "page"])
+def test_every_figure_with_sixteen_long_named_methods_has_no_overlapping_text(tmp_path, width):
+    from matplotlib.text import Text
+
+    from bench.reports.plots import COLUMN_WIDTH, PAGE_WIDTH, figures
+
+    store = Store(tmp_path / "results")
+    methods = ["linear", "full", "vpt-shallow", "vpt-deep", "lion", "lora", "bitfit", "ssf", "adapter",
+               "adapter-houlsby", "adaptformer", "fact-tt", "fact-tk", "convpass", "repadapter",
+               "my-very-long-method-name-v2"]
+    for m, method in enumerate(methods):
+        for t, task in enumerate(VTAB.tasks):
+            # similar sizes and accuracies: the case where labels beside points collided
+            add_record(store, method, task.name, 1, 70.0 + (m % 3) / 10 + t, params=100_000 + 1000 * (m % 4))
+    report = build_report(store, VTAB)
+    inches = COLUMN_WIDTH if width == "column" else PAGE_WIDTH
+    for name, fig in figures(report, inches).items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(Text)
+                 if t.get_visible() and t.get_text().strip()]
+        labels = [text for text, _ in boxes]
+        assert all(m in labels for m in methods), name  # every method is named somewhere
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1:]:
+                overlap_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+                overlap_h = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+                assert not (overlap_w > 1 and overlap_h > 1), f"{name} at {inches} in: {a!r} overlaps {b!r}"
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+
 def test_every_published_row_of_a_method_is_shown_with_its_source_and_selection(store):
     for task in VTAB.tasks:
         add_record(store, "lora", task.name, 1, 70.0)
@@ -149,3 +181,38 @@ def test_every_published_row_of_a_method_is_shown_with_its_source_and_selection(
     # ours minus the first published row (NOAH's: 67.1 on CIFAR-100)
     delta = next(line for line in md.splitlines() if line.startswith("| lora (ours"))
     assert "+2.9" in delta
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_the_terminal_table_never_cuts_a_method_name_or_a_number(tmp_path, width):
+    import io
+
+    from rich.console import Console
+
+    from bench.reports.table import rich_table
+
+    demo = load_suite("demo")
+    store = Store(tmp_path / "results")
+    methods = ["vpt-deep", "vpt-shallow", "adapter-houlsby", "adaptformer", "linear", "lion"]
+    for m, method in enumerate(methods):
+        for t, task in enumerate(demo.tasks):
+            for seed in (1, 2):
+                spec = RunSpec(suite="demo", task=task.name, method=method, seed=seed, stage="final",
+                               backbone=demo.backbone, checkpoint=None, image_size=32, hparams={"lr": 1.0})
+                store.write(spec, {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok",
+                                   "finished_at": "2026-01-01",
+                                   "metrics": {"top1": 60.0 + m + t / 10 + seed / 100, "trainable_params": 123456,
+                                               "trainable_params_no_head": 123000}})
+    report = build_report(store, demo, "final")
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(rich_table(report, width=width))
+    text = out.getvalue()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "…" not in text
+    for method in methods:  # whole, on one line
+        assert re.search(rf"│ {re.escape(method)}\s", text), method
+    assert all(f"{v:.1f}" in text for v in report.mean[GROUPS])  # the group means are always there
+    if width == 200:
+        assert all(t.label in text for t in demo.tasks) and "left out" not in text
+    else:
+        assert "left out to fit" in text and "--format md" in text

@@ -1,7 +1,7 @@
 """Job arrays through submitit, on the real single-node SLURM that `.ci/run` starts
 (`../shared/tools/slurm-local.sh up`), and the parts that need no cluster.
 
-The `slurm` tests skip, saying why, where no `sbatch` is on PATH.
+The `slurm` tests skip, saying why, where no `sbatch` is on PATH or its controller does not answer.
 """
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ import pytest
 import submitit
 
 from bench.errors import UserError
-from bench.executors.submitit import SlurmOptions, parse_extra, slurm_options
+from bench.executors.submitit import SlurmOptions, controller_problem, parse_extra, slurm_options
 from helpers import bench, record_files
 
-HAVE_SLURM = shutil.which("sbatch") is not None
-needs_slurm = pytest.mark.skipif(not HAVE_SLURM, reason="no sbatch on PATH: start a cluster with "
-                                 "../shared/tools/slurm-local.sh up (as .ci/run does)")
+def _why_no_slurm() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "no sbatch on PATH"
+    return controller_problem()
+
+
+WHY_NO_SLURM = _why_no_slurm()
+HAVE_SLURM = WHY_NO_SLURM is None
+needs_slurm = pytest.mark.skipif(not HAVE_SLURM, reason=f"{WHY_NO_SLURM}: start a cluster with "
+                                 "tests/cluster/slurm-local.sh up (as .ci/run does)")
 
 # One core per job and the demo's smallest runs keep a whole array to seconds on 2 cores.
 DEMO = ("--suite", "demo", "--executor", "slurm", "--partition", "debug", "--cpus-per-job", "1",
@@ -214,6 +221,23 @@ def test_slurm_executor_without_sbatch_fails_with_one_message_before_anything_is
     assert "Traceback" not in out.stderr and not results.exists()
 
 
+def test_slurm_executor_with_a_dead_controller_fails_with_one_message_before_anything_is_written(tmp_path):
+    # SLURM's client tools installed, its daemons stopped: sinfo cannot reach the controller
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool, body in (("sbatch", "exit 1"), ("sinfo", "echo 'sinfo: error: Unable to contact slurm controller "
+                                                       "(connect failure)' >&2; exit 1")):
+        (fake / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / tool).chmod(0o755)
+    results = tmp_path / "results"
+    out = bench("run", "--suite", "demo", "--executor", "slurm", "--results", str(results),
+                env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "controller does not answer" in errors[0] and "Unable to contact" in errors[0]
+    assert "Traceback" not in out.stderr and not results.exists()
+
+
 def test_slurm_options_come_from_defaults_then_config_then_command_line(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[slurm]\npartition = "gpu"\ntime = 60\ncpus-per-job = 8\nextra = { exclusive = "" }\n')
@@ -285,4 +309,4 @@ def test_vtab_protocol_in_arrays_submits_the_final_stage_once_its_tune_runs_are_
     stages = sorted(json.loads(p.read_text())["spec"]["stage"] for p in record_files(results))
     assert stages == ["final", "final", "tune", "tune"]
     assert [len(m["jobs"]) for m in manifests(results)] == [2, 2]
-    assert "Mean (groups)" in second.stdout
+    assert "(groups)" in second.stdout and "top-1 (%)" in second.stdout

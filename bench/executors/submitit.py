@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -305,6 +306,10 @@ class SlurmExecutor(SubmititExecutor):
             raise UserError("--executor slurm needs SLURM's sbatch, and there is none on PATH here; run "
                             "`bench run` on a SLURM login node, or use --executor local (this process) or "
                             "--executor submitit-local (parallel processes on this machine)")
+        problem = controller_problem()
+        if problem:
+            raise UserError(f"--executor slurm: {problem}; start the controller (or ask your cluster's "
+                            f"admins), or use --executor local or submitit-local")
 
     @classmethod
     def job_states(cls, store: Store, manifests: list[dict]) -> dict[str, JobState]:
@@ -359,3 +364,23 @@ class SubmititLocalExecutor(SubmititExecutor):
                     os.kill(int(job["job_id"]), signal.SIGTERM)
                     done.append(job["job_id"])
         return done
+
+
+def controller_problem(timeout: float = 20.0) -> str | None:
+    """Why SLURM's controller cannot take jobs from here (`sinfo` fails), or None when it answers.
+
+    SLURM's client tools can be installed with no controller running (packages installed,
+    daemons stopped); then sbatch would fail only after the whole array was planned.
+    """
+    if shutil.which("sinfo") is None:
+        return None  # nothing to ask: sbatch itself will say
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"SLURM's controller did not answer `sinfo` within {timeout:.0f} s"
+    except OSError as exc:
+        return f"`sinfo` could not run ({exc})"
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no message"])[0]
+        return f"SLURM's controller does not answer (`sinfo` exited {proc.returncode}: {first})"
+    return None

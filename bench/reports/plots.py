@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed on a cluster or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import ReportWriter, register_writer  # noqa: E402
 from .table import FLAT, GROUPS, PARAMS, Report, file_stem, group_names  # noqa: E402
 
-COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+PAGE_WIDTH = 7.0    # inches: both columns
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
     paths = []
-    fig.tight_layout()
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
         fig.savefig(path, dpi=200, bbox_inches="tight")
@@ -28,56 +30,114 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def make_plots(report: Report, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _legend_columns(labels, width: float) -> int:
+    longest = max((len(str(label)) for label in labels), default=1)
+    return max(1, min(len(labels), int(width / (0.35 + 0.06 * longest))))
+
+
+def _legend_height(labels, width: float) -> float:
+    """Inches a legend of `labels` under the axes needs."""
+    rows = -(-len(labels) // _legend_columns(labels, width))
+    return 0.35 + 0.13 * rows
+
+
+def _legend_below(fig, ax, handles, labels, width: float) -> None:
+    """A legend under the axes, in as many columns as fit the width: it never covers data, and
+    long method names never collide with each other."""
+    fig.legend(handles, labels, loc="outside lower center", ncol=_legend_columns(labels, width), fontsize=6,
+               frameon=False, handletextpad=0.3, columnspacing=0.8)
+
+
+def _log_axis(axis, values) -> None:
+    """Log ticks that never crowd: 1-2-5 per decade over a narrow range, decades over a wide one,
+    plain numbers, no minor labels (matplotlib labels minor ticks when less than a decade shows)."""
+    lo, hi = float(min(values)), float(max(values))
+    decades = math.log10(hi / lo) if lo > 0 else 0.0
+    subs = (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+    if decades < 0.5:  # show at least one labelled tick
+        mid = math.sqrt(lo * hi) if lo > 0 else 1.0
+        axis.axes.set_xlim(mid / 2.5, mid * 2.5)
+
+
+def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure]:
+    """The report's figures at `width` inches (COLUMN_WIDTH or PAGE_WIDTH), by file name."""
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
     prefix = file_stem(report)
     table = report.mean
-    written: list[Path] = []
+    out: dict[str, plt.Figure] = {}
+    methods = list(table.index)
+    palette = dict(zip(methods, sns.color_palette("husl" if len(methods) > 10 else "tab10", len(methods))))
+    markers = dict(zip(methods, ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"] * 4))
 
-    # The classic PEFT scatter: accuracy against trainable parameters, log x.
+    # The classic PEFT scatter: accuracy against trainable parameters, log x; methods in a legend
+    # (labels beside the points collide as soon as two methods have similar sizes).
     points = pd.DataFrame({"method": table.index, "params": table[PARAMS], "accuracy": table[GROUPS]}).dropna()
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
+    fig, ax = plt.subplots(figsize=(width, 2.0 + _legend_height(list(points["method"]), width)),
+                           layout="constrained")
     if not points.empty:
-        sns.scatterplot(data=points, x="params", y="accuracy", hue="method", s=60, ax=ax, legend=False)
         for _, row in points.iterrows():
-            ax.annotate(row["method"], (row["params"], row["accuracy"]), textcoords="offset points",
-                        xytext=(4, 3), fontsize=7)
+            ax.scatter(row["params"], row["accuracy"], s=30, color=palette[row["method"]],
+                       marker=markers[row["method"]], label=row["method"], edgecolor="white", linewidth=0.4)
         ax.set_xscale("log")
+        _log_axis(ax.xaxis, points["params"])
+        _legend_below(fig, ax, *ax.get_legend_handles_labels(), width)
     ax.set_xlabel("trainable parameters (M, with head)")
     ax.set_ylabel(f"top-1 (%), {GROUPS.lower()}")
-    written += _save(fig, out_dir, f"{prefix}_accuracy_vs_params")
+    out[f"{prefix}_accuracy_vs_params"] = fig
 
-    # Per-group bars.
+    # Per-group bars, the legend under the axes so that it covers no bar.
     groups = group_names(report.suite) or [FLAT]
     long = table[groups].reset_index(names="method").melt(id_vars="method", var_name="group", value_name="top-1 (%)")
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
-    sns.barplot(data=long.dropna(), x="group", y="top-1 (%)", hue="method", ax=ax)
+    fig, ax = plt.subplots(figsize=(width, 2.0 + _legend_height(methods, width)), layout="constrained")
+    sns.barplot(data=long.dropna(), x="group", y="top-1 (%)", hue="method", palette=palette, ax=ax)
     ax.set_xlabel("")
-    ax.legend(fontsize=6, title=None, loc="lower right")
-    written += _save(fig, out_dir, f"{prefix}_groups")
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+        _legend_below(fig, ax, *ax.get_legend_handles_labels(), width)
+    out[f"{prefix}_groups"] = fig
 
-    # Costs: peak memory and training time per method.
+    # Costs: peak memory and training time per method, as horizontal bars (names read across).
     rec = report.records
     if not rec.empty:
         costs = rec.groupby("method")[["peak_memory_mib", "train_seconds"]].mean().reset_index()
-        fig, axes = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH, 2.2))
-        sns.barplot(data=costs, x="method", y="peak_memory_mib", ax=axes[0])
-        axes[0].set_ylabel("peak memory (MiB)")
-        sns.barplot(data=costs, x="method", y="train_seconds", ax=axes[1])
-        axes[1].set_ylabel("train time per run (s)")
+        bars = 0.5 + 0.16 * len(costs)
+        if width < PAGE_WIDTH:  # one column: one panel above the other
+            fig, axes = plt.subplots(2, 1, figsize=(width, 2 * bars), layout="constrained")
+        else:
+            fig, axes = plt.subplots(1, 2, figsize=(width, bars), sharey=True, layout="constrained")
+        sns.barplot(data=costs, y="method", x="peak_memory_mib", hue="method", palette=palette, ax=axes[0],
+                    legend=False)
+        axes[0].set_xlabel("peak memory (MiB)")
+        sns.barplot(data=costs, y="method", x="train_seconds", hue="method", palette=palette, ax=axes[1],
+                    legend=False)
+        axes[1].set_xlabel("train time per run (s)")
         for ax in axes:
-            ax.set_xlabel("")
-            ax.tick_params(axis="x", rotation=30)
-        written += _save(fig, out_dir, f"{prefix}_costs")
+            ax.set_ylabel("")
+            ax.tick_params(axis="both", labelsize=6)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        out[f"{prefix}_costs"] = fig
 
-    # Per-task heat map.
+    # Per-task heat map, tall enough for the names; more than a few tasks take the page's width.
     tasks = report.tasks
     heat = table[tasks].rename(columns={t.name: t.label for t in report.suite.tasks})
-    fig, ax = plt.subplots(figsize=(max(COLUMN_WIDTH, 0.45 * len(tasks) + 1.5), 0.35 * len(heat) + 1.2))
-    sns.heatmap(heat, annot=True, fmt=".1f", cmap="viridis", cbar=False, ax=ax, annot_kws={"fontsize": 6})
+    fig, ax = plt.subplots(figsize=(max(width, min(PAGE_WIDTH, 0.3 * len(tasks) + 1.6)), 0.2 * len(heat) + 1.3),
+                           layout="constrained")
+    sns.heatmap(heat, annot=True, fmt=".1f", cmap="viridis", cbar=False, ax=ax, annot_kws={"fontsize": 5})
     ax.set_ylabel("")
-    written += _save(fig, out_dir, f"{prefix}_tasks_heatmap")
+    ax.tick_params(axis="both", labelsize=6)
+    ax.tick_params(axis="x", rotation=90)
+    out[f"{prefix}_tasks_heatmap"] = fig
+    return out
+
+
+def make_plots(report: Report, out_dir: Path, width: float = COLUMN_WIDTH) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, fig in figures(report, width).items():
+        written += _save(fig, out_dir, name)
     return written
 
 

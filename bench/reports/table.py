@@ -263,17 +263,52 @@ def _label(report: Report, column: str) -> str:
     return column
 
 
-def rich_table(report: Report):
+def rich_table(report: Report, width: int | None = None):
+    """The table for a terminal of `width` columns (None: any width).
+
+    Method names and numbers are never cut: when every column does not fit, the per-task columns
+    go first (the group and overall means stay), then the group columns, and the caption says how
+    to see the rest; long published-row names wrap at their spaces.
+    """
     from rich.table import Table
 
     frame = display_frame(report)
+    names = [str(m) for m in frame.index]
+    method_width = max([len("method")] + [len(n.split(" (")[0]) for n in names])
+    task_cols = [c for c in frame.columns if c in {t.label for t in report.suite.tasks}]
+    group_cols = [c for c in frame.columns if c in group_names(report.suite)]
+    layouts = [list(frame.columns),
+               [c for c in frame.columns if c not in task_cols],
+               [c for c in frame.columns if c not in task_cols and c not in group_cols]]
+    shown = layouts[0]
+    if width is not None:
+        for columns in layouts:
+            shown = columns
+            if _needed_width(frame, columns, names, method_width) <= width:
+                break
     table = Table(title=f"{report.suite.name} · top-1 (%) · {report.stage} stage")
-    table.add_column("method", style="bold")
-    for col in frame.columns:
-        table.add_column(col, justify="right")
-    for method, row in frame.iterrows():
+    table.add_column("method", style="bold", min_width=method_width, overflow="fold")
+    for col in shown:
+        table.add_column("\n".join(str(col).split()), justify="right", no_wrap=True,
+                         min_width=_cell_width(frame, col))
+    for method, row in frame[shown].iterrows():
         table.add_row(str(method), *row.tolist())
+    hidden = [c for c in frame.columns if c not in shown]
+    if hidden:
+        table.caption = (f"{len(hidden)} columns ({', '.join(hidden)}) left out to fit {width} columns: widen "
+                         f"the terminal (e.g. COLUMNS=200), or see every column with `bench report "
+                         f"--suite {report.suite.name} --format md`")
     return table
+
+
+def _cell_width(frame: pd.DataFrame, column: str) -> int:
+    """A column's width: its widest cell or its header's widest line (headers break at spaces)."""
+    return max([len(w) for w in str(column).split()] + [len(str(v)) for v in frame[column]])
+
+
+def _needed_width(frame: pd.DataFrame, columns: list[str], names: list[str], method_width: int) -> int:
+    # each column adds its content, a space either side and a border
+    return 1 + (method_width + 3) + sum(_cell_width(frame, c) + 3 for c in columns)
 
 
 def file_stem(report: Report) -> str:
