@@ -37,8 +37,14 @@ def test_demo_tasks_are_written_in_the_vtab1k_layout_and_read_back_by_its_reader
 
 def test_materialising_again_is_a_no_op_and_the_content_is_deterministic(demo, tmp_path):
     suite, root = demo
-    assert materialize(root) == root
-    other = materialize(tmp_path / "again")
+    calls = []
+    assert materialize(root, progress=lambda *a: calls.append(a)) == root
+    assert calls == []  # nothing to write, nothing to show
+    other = materialize(tmp_path / "again", progress=lambda *a: calls.append(a))
+    # the progress bar: one tick per image, up to the total, naming the task being written
+    total = len(suite.tasks) * (N_TRAIN + N_VAL + N_TEST)
+    assert [done for _, done, _ in calls] == list(range(1, total + 1))
+    assert {t for _, _, t in calls} == {total} and "(shapes_loc)" in calls[-1][0]
     for task in suite.tasks:
         assert (other / task.name / "test.txt").read_text() == (root / task.name / "test.txt").read_text()
     a = (root / "shapes_loc" / "images" / "train" / "00003.png").read_bytes()
