@@ -349,6 +349,15 @@ def cmd_report(args) -> int:
         console.print(f"[yellow]missing cells[/] ({len(report.missing)}): "
                       + ", ".join(f"{m}/{t}" for m, t in report.missing)
                       + "; means that need them are shown as missing")
+    if args.hparams:
+        from .reports.hparams import write_hparams
+
+        paths, chosen = write_hparams(store, suite, out)
+        if chosen.empty:
+            console.print(f"[yellow]note[/]: no tune-stage records for {suite.name}: its hyperparameters were "
+                          f"given, not selected (run `bench run --suite {suite.name} --protocol vtab` to select "
+                          "them on validation)")
+        written += paths
     for path in written:
         console.print(f"wrote {path}")
     _problems(store)
@@ -494,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--compare-published", action="store_true",
                     help="add the published rows (with their source and selection) and our difference to them")
     rp.add_argument("--plots", action="store_true", help="also write seaborn figures (PNG and PDF)")
+    rp.add_argument("--hparams", action="store_true",
+                    help="also write the hyperparameters the tune stage selected per method x task (with the "
+                         "runner-up) and the whole tune grid")
     rp.add_argument("--out", help="folder for the table files (default: <results>/<suite>/)")
     plugin_opt(rp)
     results_opt(rp)

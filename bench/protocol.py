@@ -54,9 +54,14 @@ def tune_specs(suite: Suite, base: list[RunSpec], grids: dict[str, dict[str, lis
     return specs
 
 
+def preference(hparams: dict, top1: float, run_id: str) -> tuple:
+    """The order in which tune points are preferred: higher validation top-1, then the smaller
+    lr, then the smaller weight decay (then the run id, so that the choice is deterministic)."""
+    return (-top1, hparams.get("lr", 0.0), hparams.get("weight_decay", 0.0), run_id)
+
+
 def _preference(spec: RunSpec, top1: float) -> tuple:
-    hp = spec.hparams
-    return (-top1, hp.get("lr", 0.0), hp.get("weight_decay", 0.0), spec.run_id)
+    return preference(spec.hparams, top1, spec.run_id)
 
 
 def select(store: Store, tune: list[RunSpec]) -> tuple[dict[tuple[str, str], dict], list[str]]:

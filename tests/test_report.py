@@ -216,3 +216,60 @@ def test_the_terminal_table_never_cuts_a_method_name_or_a_number(tmp_path, width
         assert all(t.label in text for t in demo.tasks) and "left out" not in text
     else:
         assert "left out to fit" in text and "--format md" in text
+
+
+def test_hparams_report_names_the_chosen_point_the_runner_up_and_the_whole_grid(tmp_path):
+    import pandas as pd
+
+    from bench.protocol import select
+    from bench.reports.hparams import write_hparams
+
+    store = Store(tmp_path / "results")
+    tasks = [t.name for t in VTAB.tasks[:2]]
+    val = {  # (method, task) -> {lr: validation top-1}; a tie at 80.0 goes to the smaller lr
+        ("vpt-deep", tasks[0]): {0.1: 70.0, 1.0: 80.0, 10.0: 80.0},
+        ("vpt-deep", tasks[1]): {0.1: 60.0, 1.0: 55.0, 10.0: 40.0},
+        ("linear", tasks[0]): {0.1: 50.0, 1.0: 52.5, 10.0: 51.0},
+        ("linear", tasks[1]): {0.1: 90.0, 1.0: 91.0, 10.0: 89.0},
+    }
+    specs = []
+    for (method, task), points in val.items():
+        for lr, top1 in points.items():
+            hp = {"lr": lr, "weight_decay": 0.0, "epochs": 100}
+            add_record(store, method, task, 42, top1, stage="tune", hparams=hp)
+            specs.append(RunSpec(suite="vtab1k", task=task, method=method, seed=42, stage="tune",
+                                 backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224,
+                                 hparams=hp))
+    add_record(store, "linear", tasks[0], 42, 99.0, stage="final")  # final records are not tune points
+    paths, sel = write_hparams(store, VTAB, tmp_path / "out")
+    assert [p.name for p in paths] == ["vtab1k_hparams.md", "vtab1k_hparams.tex", "vtab1k_hparams.csv",
+                                       "vtab1k_tune_grid.csv"]
+    by_cell = {(r.method, r.task): r for r in sel.itertuples()}
+    assert (by_cell[("vpt-deep", tasks[0])].chosen, by_cell[("vpt-deep", tasks[0])].runner_up) == ("lr=1.0", "lr=10.0")
+    assert by_cell[("vpt-deep", tasks[1])].chosen == "lr=0.1" and by_cell[("vpt-deep", tasks[1])].runner_up_val_top1 == 55.0
+    assert by_cell[("linear", tasks[0])].val_top1 == 52.5 and by_cell[("linear", tasks[0])].points == 3
+    # the report names exactly what the protocol selected for the final stage
+    best, _ = select(store, specs)
+    assert all(by_cell[cell].chosen == f"lr={hp['lr']}" for cell, hp in best.items())
+    grid = pd.read_csv(paths[3])
+    assert len(grid) == 12 and set(grid.columns) >= {"point", "val_top1", "train_seconds", "hp.lr", "run_id"}
+    md = paths[0].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| vpt-deep") and "CIFAR-100" in line)
+    assert [c.strip() for c in row.strip("|").split("|")] == ["vpt-deep", "CIFAR-100", "lr=1.0", "80.0", "lr=10.0",
+                                                              "80.0", "3"]
+    assert md.startswith("Hyperparameters selected on vtab1k by the tune stage (train800 -> val200")
+    tex = paths[1].read_text()
+    assert tex.count("\\\\") == 5 and "\\toprule" in tex and "\\bottomrule" in tex
+
+
+def test_report_hparams_without_tune_records_says_why_and_still_writes_the_table(store, tmp_path, capsys):
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--suite", "vtab1k", "--results", str(store.root), "--out", str(tmp_path / "out"),
+              "--hparams", "--format", "md"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "no tune-stage records for vtab1k" in out and "--protocol vtab" in out
+    assert (tmp_path / "out" / "vtab1k_final.md").is_file()
+    assert not (tmp_path / "out" / "vtab1k_hparams.md").exists()
