@@ -349,6 +349,20 @@ def cmd_report(args) -> int:
         console.print(f"[yellow]missing cells[/] ({len(report.missing)}): "
                       + ", ".join(f"{m}/{t}" for m, t in report.missing)
                       + "; means that need them are shown as missing")
+    from .reports.stats import compare, ranks
+
+    ranked = ranks(report)
+    if ranked is not None and ranked.tasks:
+        console.print(escape(ranked.line()))
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",")]
+        if len(names) != 2 or not all(names):
+            raise UserError(f"--compare {args.compare!r}: name two methods, e.g. --compare lion,vpt-deep")
+        comparison = compare(report, *names)
+        console.print(escape(comparison.summary()))
+        path = out / f"{suite.name}_{args.stage}_{names[0]}_vs_{names[1]}.md"
+        path.write_text(comparison.markdown(), encoding="utf-8")
+        written.append(path)
     if args.hparams:
         from .reports.hparams import write_hparams
 
@@ -503,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--compare-published", action="store_true",
                     help="add the published rows (with their source and selection) and our difference to them")
     rp.add_argument("--plots", action="store_true", help="also write seaborn figures (PNG and PDF)")
+    rp.add_argument("--compare", metavar="A,B",
+                    help="two methods task by task: differences with bootstrap intervals over seeds, and the "
+                         "Wilcoxon signed-rank test over tasks")
     rp.add_argument("--hparams", action="store_true",
                     help="also write the hyperparameters the tune stage selected per method x task (with the "
                          "runner-up) and the whole tune grid")

@@ -1,0 +1,143 @@
+"""Ranks and paired comparisons across tasks, with scipy's tests (Demsar 2006 for the protocol).
+
+- `ranks`: each method's rank on each task (1 = best top-1, ties share the mean rank) over the
+  tasks every method has, averaged; the Friedman test of "all methods rank alike".
+- `compare`: two methods task by task: the difference of their mean top-1 with a 95% bootstrap
+  interval over seeds (each method's seeds resampled within the task), and the Wilcoxon
+  signed-rank test over the tasks' differences.
+
+Each result says when there are too few tasks or seeds for it to mean anything, rather than
+printing a p-value that cannot be small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import UserError
+from .table import Report
+
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+
+
+@dataclass
+class Ranks:
+    average: pd.Series                      # method -> average rank (1 = best), best first
+    tasks: list[str]                        # the tasks every method has
+    statistic: float = float("nan")         # Friedman chi-square
+    pvalue: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        ranks = ", ".join(f"{m} {r:.2f}" for m, r in self.average.items())
+        text = f"average rank over {len(self.tasks)} tasks (1 = best): {ranks}"
+        if not np.isnan(self.pvalue):
+            text += (f"; Friedman chi2 = {self.statistic:.2f}, p = {self.pvalue:.3g} "
+                     f"({len(self.average)} methods, {len(self.tasks)} tasks)")
+        return "; ".join([text, *self.notes])
+
+
+def ranks(report: Report) -> Ranks | None:
+    """Average ranks over the tasks every method has, and the Friedman test; None for < 2 methods."""
+    acc = report.mean[report.tasks].dropna(axis=1, how="any")
+    if len(acc.index) < 2:
+        return None
+    if acc.shape[1] == 0:
+        return Ranks(pd.Series(dtype=float), [], notes=["no task has every method: no ranks"])
+    per_task = acc.rank(axis=0, ascending=False, method="average")
+    out = Ranks(per_task.mean(axis=1).sort_values(), list(acc.columns))
+    k, n = acc.shape
+    if k < 3:
+        out.notes.append("the Friedman test needs at least 3 methods")
+    elif n < 2:
+        out.notes.append("the Friedman test needs at least 2 tasks")
+    else:
+        result = stats.friedmanchisquare(*[acc.loc[m].to_numpy() for m in acc.index])
+        out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
+        if n < 10:
+            out.notes.append(f"with {n} tasks the chi-square approximation of the Friedman test is rough")
+    dropped = int(report.mean[report.tasks].notna().any(axis=0).sum()) - n
+    if dropped:
+        out.notes.append(f"{dropped} tasks left out: not every method has them")
+    return out
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    per_task: pd.DataFrame                  # task, a, b, difference, low, high, seeds a, seeds b
+    statistic: float = float("nan")         # Wilcoxon signed-rank
+    pvalue: float = float("nan")
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        d = self.per_task["difference"].dropna()
+        text = (f"{self.a} - {self.b}: mean difference {d.mean():+.2f} points over {len(d)} tasks "
+                f"({(d > 0).sum()} better, {(d < 0).sum()} worse, {(d == 0).sum()} equal)")
+        if not np.isnan(self.pvalue):
+            text += f"; Wilcoxon signed-rank W = {self.statistic:.1f}, p = {self.pvalue:.3g} (two-sided)"
+        return "; ".join([text, *self.notes])
+
+    def markdown(self) -> str:
+        frame = self.per_task.copy()
+        for col in (self.a, self.b, "difference", "low", "high"):
+            frame[col] = [("—" if pd.isna(v) else f"{v:+.2f}" if col != self.a and col != self.b else f"{v:.2f}")
+                          for v in frame[col]]
+        frame = frame.rename(columns={"low": f"{CONFIDENCE:.0%} low", "high": f"{CONFIDENCE:.0%} high"})
+        return (f"{self.summary()}.\n\nPer task: mean top-1 (%) of each method, their difference and its "
+                f"{CONFIDENCE:.0%} bootstrap interval over seeds ({RESAMPLES} resamples of each method's "
+                "seeds within the task).\n\n" + frame.to_markdown(index=False, disable_numparse=True) + "\n")
+
+
+def compare(report: Report, a: str, b: str, seed: int = 0) -> Comparison:
+    """Method `a` against method `b`, task by task and over the tasks."""
+    for name in (a, b):
+        if name not in report.mean.index:
+            raise UserError(f"--compare {a},{b}: no {report.stage}-stage records of {name!r} in suite "
+                            f"{report.suite.name!r}; methods with records: {', '.join(report.mean.index)}")
+    if a == b:
+        raise UserError(f"--compare {a},{b}: name two different methods")
+    rec = report.records
+    rng = np.random.default_rng(seed)
+    rows, few_seeds = [], []
+    for task in report.suite.tasks:
+        xa = rec[(rec["method"] == a) & (rec["task"] == task.name)]["top1"].to_numpy(float)
+        xb = rec[(rec["method"] == b) & (rec["task"] == task.name)]["top1"].to_numpy(float)
+        if not len(xa) or not len(xb):
+            continue
+        diff = xa.mean() - xb.mean()
+        low = high = float("nan")
+        if len(xa) > 1 and len(xb) > 1:
+            ci = stats.bootstrap((xa, xb), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+                                 confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
+                                 rng=rng, vectorized=True).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        else:
+            few_seeds.append(task.label)
+        rows.append({"task": task.label, a: xa.mean(), b: xb.mean(), "difference": diff, "low": low, "high": high,
+                     f"seeds {a}": len(xa), f"seeds {b}": len(xb)})
+    per_task = pd.DataFrame(rows, columns=["task", a, b, "difference", "low", "high", f"seeds {a}", f"seeds {b}"])
+    out = Comparison(a, b, per_task)
+    if few_seeds:
+        out.notes.append(f"no interval where a method has one seed ({', '.join(few_seeds)})")
+    diffs = per_task["difference"].to_numpy(float)
+    nonzero = diffs[diffs != 0]
+    if len(per_task) == 0:
+        out.notes.append("the two methods share no task")
+    elif len(nonzero) < 6:
+        # two-sided exact p is at least 2 / 2**n: above 0.05 for n <= 5
+        out.notes.append(f"{len(nonzero)} tasks with a difference: too few for the Wilcoxon test to reach "
+                         "p < 0.05 whatever the data (it needs 6)")
+        if len(nonzero):
+            result = stats.wilcoxon(diffs)
+            out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
+    else:
+        result = stats.wilcoxon(diffs)
+        out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
+    return out
