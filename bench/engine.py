@@ -289,6 +289,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         **setup.metrics,  # precision, compile, feature cache, decode time
         **counts,
         "peak_memory_mib": peak.mib,
+        "peak_memory_growth_mib": peak.growth_mib,  # over what was in use before training
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "train_throughput": train_images / train_seconds if train_seconds else None,

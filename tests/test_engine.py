@@ -39,6 +39,8 @@ def test_a_run_records_every_cost_metric(toy_suite):
     assert m["trainable_params"] == 96 * 3 + 3 and m["trainable_params_no_head"] == 0
     assert m["total_params"] > 400_000
     assert m["peak_memory_mib"] > 50
+    # what training added over the process before it: far below the process's own footprint
+    assert 0 <= m["peak_memory_growth_mib"] < m["peak_memory_mib"] - 50
     assert m["train_seconds"] > 0 and m["eval_seconds"] > 0
     assert m["train_throughput"] > 0 and m["inference_throughput"] > 0
     assert 0.01 < m["gflops_per_image"] < 0.1  # ~2 * 0.45M params * 17 tokens

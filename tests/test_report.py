@@ -273,3 +273,20 @@ def test_report_hparams_without_tune_records_says_why_and_still_writes_the_table
     assert "no tune-stage records for vtab1k" in out and "--protocol vtab" in out
     assert (tmp_path / "out" / "vtab1k_final.md").is_file()
     assert not (tmp_path / "out" / "vtab1k_hparams.md").exists()
+
+
+def test_the_cost_figure_shows_the_memory_training_added_when_records_have_it(tmp_path):
+    from bench.reports.plots import figures
+
+    store = Store(tmp_path / "results")
+    for method, growth in (("linear", 3.0), ("vpt-deep", 40.0)):
+        spec = RunSpec(suite="vtab1k", task="cifar", method=method, seed=1, stage="final",
+                       backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224, hparams={"lr": 1.0})
+        store.write(spec, {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok", "finished_at": "2026-01-01",
+                           "metrics": {"top1": 50.0, "trainable_params": 10, "trainable_params_no_head": 5,
+                                       "peak_memory_mib": 850.0 + growth, "peak_memory_growth_mib": growth,
+                                       "train_seconds": 1.0}})
+    fig = figures(build_report(store, VTAB))["vtab1k_final_costs"]
+    memory = fig.axes[0]
+    assert memory.get_xlabel() == "peak memory growth in training (MiB)"
+    assert sorted(round(p.get_width()) for p in memory.patches) == [3, 40]
