@@ -82,3 +82,30 @@ def test_compare_says_when_tasks_or_seeds_are_too_few_and_refuses_unknown_method
         compare(report, "a", "lion")
     with pytest.raises(UserError, match="two different methods"):
         compare(report, "a", "a")
+
+
+def test_bootstrap_intervals_of_a_cell_and_of_the_mean_of_group_means_match_the_hand_computation(tmp_path):
+    from bench.reports.csv import csv_frame
+    from bench.reports.stats import cell_intervals, group_mean_interval
+
+    store = Store(tmp_path)
+    natural = next(t.name for t in VTAB.tasks if t.group == "natural")
+    n_natural = sum(t.group == "natural" for t in VTAB.tasks)
+    for task in VTAB.tasks:
+        seeds = (40.0, 60.0) if task.name == natural else (50.0, 50.0)
+        for seed, top1 in enumerate(seeds):
+            add(store, "a", task.name, seed, top1)
+        add(store, "b", task.name, 0, 30.0)  # one seed: no interval
+    report = build_report(store, VTAB)
+    low, high = cell_intervals(report)
+    # resampled means of {40, 60} are 40, 50, 60 with probability 1/4, 1/2, 1/4: the 2.5% and
+    # 97.5% points are the extremes
+    assert (low.loc["a", natural], high.loc["a", natural]) == (40.0, 60.0)
+    assert (low.loc["a", "dtd"], high.loc["a", "dtd"]) == (50.0, 50.0)
+    assert low.loc["b"].isna().all()
+    # only the natural task varies: the mean of group means is 50 + (m - 50) / (3 * n_natural)
+    lo, hi = group_mean_interval(report, "a")
+    assert lo == pytest.approx(50 - 10 / (3 * n_natural)) and hi == pytest.approx(50 + 10 / (3 * n_natural))
+    assert all(math.isnan(v) for v in group_mean_interval(report, "b"))
+    frame = csv_frame(report)
+    assert frame.loc["a", f"{natural} ci95 high"] == 60.0 and "Mean (groups) ci95 low" in frame.columns

@@ -141,3 +141,54 @@ def compare(report: Report, a: str, b: str, seed: int = 0) -> Comparison:
         result = stats.wilcoxon(diffs)
         out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
     return out
+
+
+CELL_RESAMPLES = 2000
+
+
+def _seed_samples(report: Report, method: str) -> dict[str, np.ndarray]:
+    rec = report.records
+    rows = rec[rec["method"] == method]
+    return {t: rows[rows["task"] == t]["top1"].to_numpy(float) for t in report.tasks}
+
+
+def cell_intervals(report: Report, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """95% percentile-bootstrap interval of each method x task mean over its seeds (NaN for one
+    seed, or none): the low and the high bounds, shaped like the table's task columns."""
+    rng = np.random.default_rng(seed)
+    low = pd.DataFrame(np.nan, index=report.mean.index, columns=report.tasks)
+    high = low.copy()
+    for method in report.mean.index:
+        for task, x in _seed_samples(report, method).items():
+            if len(x) < 2:
+                continue
+            if np.ptp(x) == 0:  # every seed the same: the interval is that value
+                low.loc[method, task] = high.loc[method, task] = x[0]
+                continue
+            ci = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=CELL_RESAMPLES,
+                                 method="percentile", rng=rng, vectorized=True).confidence_interval
+            low.loc[method, task], high.loc[method, task] = ci.low, ci.high
+    return low, high
+
+
+def group_mean_interval(report: Report, method: str, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of a method's mean of group means, resampling its seeds
+    within each task (tasks are the benchmark, not a sample); NaN when a task is missing or every
+    task has a single seed."""
+    from .table import group_names
+
+    samples = _seed_samples(report, method)
+    if any(len(x) == 0 for x in samples.values()) or all(len(x) < 2 for x in samples.values()):
+        return float("nan"), float("nan")
+    groups = [[report.tasks.index(t.name) for t in report.suite.tasks if t.group == g] for g in report.suite.groups]
+    if not group_names(report.suite):
+        groups = [list(range(len(report.tasks)))]
+
+    def statistic(*xs, axis=-1):
+        means = [x.mean(axis=axis) for x in xs]
+        return sum(sum(means[i] for i in g) / len(g) for g in groups) / len(groups)
+
+    ci = stats.bootstrap(tuple(samples[t] for t in report.tasks), statistic, confidence_level=CONFIDENCE,
+                         n_resamples=CELL_RESAMPLES, method="percentile", rng=np.random.default_rng(seed),
+                         vectorized=True).confidence_interval
+    return float(ci.low), float(ci.high)
