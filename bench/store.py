@@ -296,7 +296,8 @@ def record_problem(rec) -> str | None:
         spec = RunSpec.from_dict(rec.get("spec"))
     except (ValueError, TypeError) as exc:
         return f"its spec is not readable ({exc})"
-    if rec.get("run_id") not in (spec.run_id, spec.v1_run_id):
+    run_id = rec.get("run_id")
+    if run_id != spec.run_id and run_id != spec.v1_run_id:  # the old id only when the new one differs
         return f"its run_id {rec.get('run_id')!r} does not match its spec"
     if rec["status"] == "ok":
         top1 = (rec.get("metrics") or {}).get("top1") if isinstance(rec.get("metrics"), dict) else None

@@ -12,6 +12,7 @@ printing a p-value that cannot be small.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,15 +160,21 @@ def cell_intervals(report: Report, seed: int = 0) -> tuple[pd.DataFrame, pd.Data
     low = pd.DataFrame(np.nan, index=report.mean.index, columns=report.tasks)
     high = low.copy()
     for method in report.mean.index:
+        by_count: dict[int, list[tuple[str, np.ndarray]]] = {}
         for task, x in _seed_samples(report, method).items():
-            if len(x) < 2:
-                continue
-            if np.ptp(x) == 0:  # every seed the same: the interval is that value
-                low.loc[method, task] = high.loc[method, task] = x[0]
-                continue
-            ci = stats.bootstrap((x,), np.mean, confidence_level=CONFIDENCE, n_resamples=CELL_RESAMPLES,
-                                 method="percentile", rng=rng, vectorized=True).confidence_interval
-            low.loc[method, task], high.loc[method, task] = ci.low, ci.high
+            if len(x) >= 2:
+                by_count.setdefault(len(x), []).append((task, x))
+        for cells in by_count.values():  # one scipy call per seed count: a row per task
+            tasks = [t for t, _ in cells]
+            data = np.stack([x for _, x in cells])
+            with warnings.catch_warnings():  # constant rows: set below
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+                ci = stats.bootstrap((data,), np.mean, confidence_level=CONFIDENCE, n_resamples=CELL_RESAMPLES,
+                                     method="percentile", rng=rng, vectorized=True, axis=-1).confidence_interval
+            low.loc[method, tasks], high.loc[method, tasks] = ci.low, ci.high
+            constant = np.ptp(data, axis=-1) == 0  # every seed the same: the interval is that value
+            for task, row in zip(np.array(tasks)[constant], data[constant]):
+                low.loc[method, task] = high.loc[method, task] = row[0]
     return low, high
 
 
