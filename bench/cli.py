@@ -341,6 +341,7 @@ def cmd_report(args) -> int:
                         "first, or pass --results DIR")
     written = write_report(report, out, formats + (["plots"] if args.plots else []))
     console.print(rich_table(report, width=console.width))
+    console.print(escape(report.protocol))
     for line in published_notes(report):
         console.print(escape(line))
     for note in report.notes:

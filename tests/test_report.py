@@ -158,7 +158,8 @@ def test_every_figure_with_sixteen_long_named_methods_has_no_overlapping_text(tm
         boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(Text)
                  if t.get_visible() and t.get_text().strip()]
         labels = [text for text, _ in boxes]
-        assert all(m in labels for m in methods), name  # every method is named somewhere
+        # every method is named somewhere (the CD diagram adds its rank: "name (2.50)")
+        assert all(any(t == m or t.startswith(f"{m} (") for t in labels) for m in methods), name
         for i, (a, box_a) in enumerate(boxes):
             for b, box_b in boxes[i + 1:]:
                 overlap_w = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
@@ -290,3 +291,62 @@ def test_the_cost_figure_shows_the_memory_training_added_when_records_have_it(tm
     memory = fig.axes[0]
     assert memory.get_xlabel() == "peak memory growth in training (MiB)"
     assert sorted(round(p.get_width()) for p in memory.patches) == [3, 40]
+
+
+def test_the_pareto_front_keeps_exactly_the_points_nothing_beats_on_both_counts():
+    from bench.reports.plots import _count_label, pareto_front
+
+    cost = [1.0, 2.0, 3.0, 2.5, 0.5, 3.0]
+    accuracy = [70.0, 80.0, 79.0, 85.0, 60.0, 85.0]
+    # 0.5/60, 1/70, 2/80, 2.5/85 each beat everything cheaper; 3/79 and 3/85 are beaten by 2.5/85
+    assert pareto_front(cost, accuracy) == [4, 0, 1, 3]
+    assert [_count_label(v) for v in (0.0123, 0.5, 1.0, 85.8)] == ["12.3K", "500K", "1M", "85.8M"]
+
+
+def test_both_scatters_mark_the_pareto_front(store):
+    from bench.reports.plots import figures
+
+    figs = figures(build_report(store, VTAB))
+    for name in ("vtab1k_final_accuracy_vs_params", "vtab1k_final_accuracy_vs_time"):
+        ax = figs[name].axes[0]
+        assert "Pareto front" in [t.get_text() for t in figs[name].legends[0].get_texts()], name
+    ticks = [t.get_text() for t in figs["vtab1k_final_accuracy_vs_params"].axes[0].get_xticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(("K", "M")) for t in ticks)
+
+
+def test_every_report_states_its_protocol_and_a_method_mixing_protocols_gets_no_mean(tmp_path):
+    from bench.reports.latex import latex_table
+
+    store = Store(tmp_path / "results")
+
+    def add(method, task, seed, normalize="imagenet", checkpoint=None):
+        spec = RunSpec(suite="vtab1k", task=task, method=method, seed=seed, stage="final",
+                       backbone="vit_base_patch16_224.orig_in21k", checkpoint=checkpoint, image_size=224,
+                       hparams={"lr": 1.0}, normalize=normalize, interpolation="bilinear",
+                       splits=("train800val200", "test"), format="vtab1k-folder", transform="resize",
+                       precision="auto")
+        store.write(spec, {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok", "finished_at": "2026-01-01",
+                           "metrics": {"top1": 60.0, "trainable_params": 10, "trainable_params_no_head": 5}})
+
+    for task in VTAB.tasks:
+        for seed in (42, 44):
+            add("vpt-deep", task.name, seed)
+            add("linear", task.name, seed, normalize="imagenet" if task.name != "dtd" else "backbone")
+    tune = RunSpec(suite="vtab1k", task="cifar", method="vpt-deep", seed=42, stage="tune",
+                   backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224, hparams={"lr": 5.0})
+    store.write(tune, {"run_id": tune.run_id, "spec": tune.to_dict(), "status": "ok", "finished_at": "2026-01-01",
+                       "metrics": {"top1": 50.0, "trainable_params": 10, "trainable_params_no_head": 5}})
+    report = build_report(store, VTAB)
+    p = report.protocol
+    assert p.startswith("Protocol: final stage, trained -> evaluated on train800val200 -> test, top-1 after the last epoch")
+    assert "hyperparameters selected on val200 (last epoch) for vpt-deep" in p
+    assert "hyperparameters given, not selected, for linear" in p
+    assert "seeds 42, 44 (2 per cell)" in p and "resizing bilinear" in p
+    assert "weights the backbone's own pretrained" in p and "precision auto" in p
+    assert "normalisation backbone (linear); imagenet (linear, vpt-deep) [differs across methods]" in p
+    # linear's tasks were normalised two ways: its per-task cells stay, its means do not
+    assert report.mean.loc["linear", GROUPS] != report.mean.loc["linear", GROUPS]  # NaN
+    assert report.mean.loc["vpt-deep", GROUPS] == 60.0 and report.mean.loc["linear", "dtd"] == 60.0
+    assert any("linear: its tasks were run with different normalisation" in n for n in report.notes)
+    assert markdown_table(report).split("\n\n")[1] == p
+    assert latex_table(report).startswith(f"% {p}\n")

@@ -109,3 +109,16 @@ def test_bootstrap_intervals_of_a_cell_and_of_the_mean_of_group_means_match_the_
     assert all(math.isnan(v) for v in group_mean_interval(report, "b"))
     frame = csv_frame(report)
     assert frame.loc["a", f"{natural} ci95 high"] == 60.0 and "Mean (groups) ci95 low" in frame.columns
+
+
+def test_the_critical_difference_is_demsars_and_cliques_join_what_it_cannot_tell_apart():
+    import pandas as pd
+
+    from bench.reports.stats import cliques, critical_difference
+
+    # Demsar (2006), section 3.2.4: 4 methods on 14 data sets, q_0.05 = 2.569, CD = 1.25
+    assert critical_difference(4, 14) == pytest.approx(2.569 * math.sqrt(4 * 5 / (6 * 14)), rel=1e-3)
+    average = pd.Series({"a": 1.0, "b": 1.5, "c": 3.0, "d": 3.2, "e": 3.9})
+    assert cliques(average, 1.0) == [["a", "b"], ["c", "d", "e"]]
+    assert cliques(average, 0.4) == [["c", "d"]]
+    assert cliques(average, 5.0) == [["a", "b", "c", "d", "e"]]

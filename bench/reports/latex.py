@@ -43,7 +43,7 @@ def latex_table(report: Report) -> str:
                "mean$\\pm$std over seeds. Best in bold, second underlined.")
     latex = cells.style.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * len(numeric.columns),
                                   caption=caption, label=f"tab:{report.suite.name}-{report.stage}")
-    return latex.replace("—", "--")
+    return f"% {report.protocol}\n" + latex.replace("—", "--")
 
 
 def _escape(text: str) -> str:

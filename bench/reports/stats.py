@@ -199,3 +199,24 @@ def group_mean_interval(report: Report, method: str, seed: int = 0) -> tuple[flo
                          n_resamples=CELL_RESAMPLES, method="percentile", rng=np.random.default_rng(seed),
                          vectorized=True).confidence_interval
     return float(ci.low), float(ci.high)
+
+
+def critical_difference(k: int, n: int, alpha: float = 0.05) -> float:
+    """Nemenyi's critical difference of average ranks for k methods on n tasks (Demsar 2006):
+    q_alpha * sqrt(k (k + 1) / (6 n)), q_alpha the studentized range quantile over sqrt(2)."""
+    q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / np.sqrt(2)
+    return float(q * np.sqrt(k * (k + 1) / (6 * n)))
+
+
+def cliques(average: pd.Series, cd: float) -> list[list[str]]:
+    """The maximal runs of methods (in rank order) whose average ranks differ by less than `cd`:
+    the groups a critical-difference diagram joins with a bar."""
+    names, values = list(average.index), list(average.to_numpy(float))
+    runs = []
+    for i in range(len(names)):
+        j = i
+        while j + 1 < len(names) and values[j + 1] - values[i] < cd:
+            j += 1
+        if j > i and not any(a <= i and j <= b for a, b in runs):
+            runs.append((i, j))
+    return [names[a:b + 1] for a, b in runs]

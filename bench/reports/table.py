@@ -36,6 +36,7 @@ class Report:
     published: pd.DataFrame | None = None  # same columns as `mean`, rows "<method> (published)"
     published_labels: pd.DataFrame | None = None  # per published row: PUBLISHED_LABELS
     extra_columns: list[str] = field(default_factory=list)  # methods' own columns (e.g. LION's solver)
+    protocol: str = ""            # one line: splits, selection, seeds, normalisation, resizing, weights
 
     @property
     def tasks(self) -> list[str]:
@@ -138,7 +139,9 @@ def published_notes(report: "Report") -> list[str]:
 def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False) -> Report:
     df = records_frame(store, suite.name)
     notes: list[str] = []
+    tuned: set[str] = set()
     if not df.empty:
+        tuned = set(df[df["stage"] == "tune"]["method"])
         df = df[df["stage"] == stage]
     if df.empty:
         empty = pd.DataFrame()
@@ -164,6 +167,10 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     seeds = grouped.count().unstack().reindex(index=methods, columns=tasks).fillna(0).astype(int)
     missing = [(m, t) for m in methods for t in tasks if pd.isna(acc.loc[m, t])]
     table = add_means(acc, suite)
+    protocol, mixed = protocol_line(df, suite, stage, tuned if stage == "final" else set())
+    for method, why in mixed.items():  # means over tasks run under different protocols mean nothing
+        table.loc[method, [c for c in table.columns if c not in tasks]] = float("nan")
+        notes.append(f"{method}: its tasks were run with different {why}; its means are left out")
     params = df.groupby("method")[["trainable_params", "trainable_params_no_head"]].mean() / 1e6
     table[PARAMS] = params["trainable_params"].reindex(methods)
     table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
@@ -175,7 +182,61 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
             notes.append(f"no published figures are carried for suite {suite.name!r}")
         else:
             published, labels = found
-    return Report(suite, stage, table, std, seeds, df, missing, notes, published, labels, extra)
+    return Report(suite, stage, table, std, seeds, df, missing, notes, published, labels, extra, protocol)
+
+
+def _span(lo, hi) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+PROTOCOL_KEYS = {"splits": "splits", "normalize": "normalisation", "interpolation": "resizing",
+                 "checkpoint": "backbone weights", "precision": "precision"}
+
+
+def protocol_line(df: pd.DataFrame, suite: Suite, stage: str, tuned: set[str]) -> tuple[str, dict[str, str]]:
+    """The protocol of the records reported, as one line, and the methods whose own records mix
+    protocols (method -> what differs). Where methods differ from each other, the line says so."""
+    specs = pd.DataFrame([json.loads(c) for c in df["config"]], index=df.index)
+    specs["backbone"] = df["backbone"]
+    specs["method"] = df["method"]
+    for key in PROTOCOL_KEYS:
+        if key not in specs:
+            specs[key] = "unrecorded"
+        elif key == "checkpoint":  # no file: the backbone's own pretrained weights (timm's, or the demo's)
+            specs[key] = specs[key].map(lambda v: "the backbone's own pretrained" if v is None else str(v))
+        else:
+            specs[key] = specs[key].map(lambda v: "unrecorded" if v is None else
+                                        " -> ".join(v) if isinstance(v, list) else str(v))
+    mixed = {}
+    for method, rows in specs.groupby("method"):
+        differ = [PROTOCOL_KEYS[k] for k in PROTOCOL_KEYS if rows[k].nunique() > 1]
+        if rows["backbone"].nunique() > 1:
+            differ.append("backbones")
+        if differ:
+            mixed[str(method)] = ", ".join(differ)
+
+    def values(key: str) -> str:
+        found = specs.groupby(key)["method"].unique()
+        if len(found) == 1:
+            return str(found.index[0])
+        return "; ".join(f"{v} ({', '.join(sorted(ms))})" for v, ms in found.items()) + " [differs across methods]"
+
+    methods = sorted(specs["method"].unique())
+    selected = [m for m in methods if m in tuned]
+    given = [m for m in methods if m not in tuned]
+    tune_eval = suite.splits.get("tune", ("", "val"))[-1]
+    selection = (f"hyperparameters selected on {tune_eval} (last epoch) for {', '.join(selected)}" if selected else "")
+    if given:
+        selection += ("; " if selection else "") + f"hyperparameters given, not selected, for {', '.join(given)}"
+    seeds = sorted(df["seed"].unique())
+    per_cell = df.groupby(["method", "task"])["seed"].nunique()
+    shown = ", ".join(str(s) for s in seeds[:6]) + (f", ... ({len(seeds)} in all)" if len(seeds) > 6 else "")
+    weights = values("checkpoint")
+    line = (f"Protocol: {stage} stage, trained -> evaluated on {values('splits')}, top-1 after the last epoch; "
+            f"{selection}; seeds {shown} ({_span(per_cell.min(), per_cell.max())} per cell); normalisation "
+            f"{values('normalize')}; resizing {values('interpolation')}; backbone {values('backbone')}, weights "
+            f"{weights}; precision {values('precision')}.")
+    return line, mixed
 
 
 def method_columns(df: pd.DataFrame, methods: list[str], table: pd.DataFrame) -> list[str]:
