@@ -144,14 +144,20 @@ def _start(suite, data, results, *extra):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
 
 
+def _start_and_wait_for_a_record(suite, data, results, *extra):
+    """A `bench run` in the background, once it has recorded its first run (mid-suite)."""
+    proc = _start(suite, data, results, *extra)
+    deadline = time.time() + 300
+    while not record_files(results) and time.time() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
 def test_a_suite_killed_mid_run_and_started_again_records_every_run_exactly_once(toy_suite, tmp_path):
     suite, data = toy_suite
     results = tmp_path / "results"
     args = ("--methods", "linear,full", "--seeds", "0,1", "--set", "epochs=25")
-    proc = _start(suite, data, results, *args)
-    deadline = time.time() + 300
-    while not record_files(results) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = _start_and_wait_for_a_record(suite, data, results, *args)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p: p.stat().st_mtime_ns for p in record_files(results)}
@@ -201,10 +207,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing_half_written(toy_suite, tmp_path):
     suite, data = toy_suite
     results = tmp_path / "results"
     args = ("--methods", "linear,full", "--seeds", "0,1", "--set", "epochs=25")
-    proc = _start(suite, data, results, *args)
-    deadline = time.time() + 300
-    while not record_files(results) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = _start_and_wait_for_a_record(suite, data, results, *args)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
