@@ -321,7 +321,7 @@ def cmd_cancel(args) -> int:
 # ------------------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
     from .reports import parse_formats, write_report
-    from .reports.table import build_report, published_notes, rich_table
+    from .reports.table import build_report, published_notes, records_frame, rich_table
     from .store import Store
     from .suite import load_suite
 
@@ -334,7 +334,8 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else store.root / suite.name
     if out.exists() and not out.is_dir():
         raise UserError(f"the report folder {out} is a file; pass --out DIR")
-    report = build_report(store, suite, args.stage, compare_published=args.compare_published)
+    records = records_frame(store, suite.name)  # read once, for the table and the tune grid
+    report = build_report(store, suite, args.stage, compare_published=args.compare_published, records=records)
     if report.mean.empty:
         _problems(store)
         raise UserError(f"nothing to report: {report.notes[0]}. Run `bench run --suite {suite.name}` "
@@ -367,7 +368,7 @@ def cmd_report(args) -> int:
     if args.hparams:
         from .reports.hparams import write_hparams
 
-        paths, chosen = write_hparams(store, suite, out)
+        paths, chosen = write_hparams(records, suite, out)
         if chosen.empty:
             console.print(f"[yellow]note[/]: no tune-stage records for {suite.name}: its hyperparameters were "
                           f"given, not selected (run `bench run --suite {suite.name} --protocol vtab` to select "

@@ -56,8 +56,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
-        elif _rss_bytes() is not None:
-            self.baseline_bytes = _rss_bytes()
+        elif (rss := _rss_bytes()) is not None:
+            self.baseline_bytes = rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self

@@ -298,7 +298,7 @@ def record_problem(rec) -> str | None:
         return f"its spec is not readable ({exc})"
     run_id = rec.get("run_id")
     if run_id != spec.run_id and run_id != spec.v1_run_id:  # the old id only when the new one differs
-        return f"its run_id {rec.get('run_id')!r} does not match its spec"
+        return f"its run_id {run_id!r} does not match its spec"
     if rec["status"] == "ok":
         top1 = (rec.get("metrics") or {}).get("top1") if isinstance(rec.get("metrics"), dict) else None
         if isinstance(top1, bool) or not isinstance(top1, (int, float)):

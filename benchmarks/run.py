@@ -46,7 +46,7 @@ from bench.data import ImageDataset, build_transforms, read_split, resolve_data_
 from bench.engine import EngineOptions, build_model, make_optimizer, run, train_step  # noqa: E402
 from bench.spec import plan  # noqa: E402
 from bench.measure import PeakMemory, _rss_bytes  # noqa: E402
-from bench.method import get_method, select_methods  # noqa: E402
+from bench.method import select_methods  # noqa: E402
 from bench.suite import load_suite  # noqa: E402
 
 console = Console(highlight=False, width=160)
@@ -482,8 +482,7 @@ def bench_gpu(args) -> None:
     test_images = 5 * sum(VTAB1K_TEST_IMAGES.values())
     from bench.method import all_methods
 
-    for method in all_methods():  # every registered method, plugins included
-        m = get_method(method)
+    for method, m in all_methods().items():  # every registered method, plugins included
         hp = resolve_hparams(m, suite, task, [])
         model = m.build(_vit_b(device, smoke), task.num_classes, dict(hp)).to(device)
         eval_tput, _ = _throughput(model, 256 if not smoke else 4, device, img, steps, False, "bf16", args.compile)

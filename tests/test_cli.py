@@ -174,17 +174,23 @@ def test_a_suite_killed_mid_run_and_started_again_records_every_run_exactly_once
     assert not list(results.rglob("*.lock")) and not list(results.rglob(".*.tmp"))
 
 
+def _run_two_at_once(suite, data, results, *extra) -> list[int]:
+    """Two identical `bench run`s started together; both must succeed. Returns how many runs each
+    one ran itself (its "N ran, ..." line)."""
+    procs = [_start(suite, data, results, *extra) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return [int(out.split(" ran,")[0].split()[-1]) for out, _ in outs]
+
+
 def test_two_processes_on_one_results_root_share_the_work_and_lose_no_record(toy_suite, tmp_path):
     suite, data = toy_suite
     results = tmp_path / "results"
     args = ("--methods", "linear,full", "--seeds", "0,1,2", "--set", "epochs=6")
-    procs = [_start(suite, data, results, *args) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = _run_two_at_once(suite, data, results, *args)
     records = record_files(results)
     assert len(records) == 12
     assert all(json.loads(p.read_text())["status"] == "ok" for p in records)
-    ran = [int(out.split(" ran,")[0].split()[-1]) for out, _ in outs]
     assert sum(ran) == 12, ran  # each run executed once, by one of the two
 
 
@@ -194,10 +200,7 @@ def test_two_concurrent_force_runs_rerun_each_run_once(toy_suite, tmp_path):
     args = ("--methods", "linear", "--seeds", "0,1", "--set", "epochs=4")
     assert run_toy(suite, data, results, *args).returncode == 0
     first = {p: json.loads(p.read_text())["started_at"] for p in record_files(results)}
-    procs = [_start(suite, data, results, *args, "--force") for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    ran = [int(out.split(" ran,")[0].split()[-1]) for out, _ in outs]
+    ran = _run_two_at_once(suite, data, results, *args, "--force")
     assert sum(ran) == 4, ran  # each of the 4 runs again, once, by one of the two
     assert all(json.loads(p.read_text())["started_at"] > first[p] for p in first)
     assert len(list(results.rglob("superseded/*.json"))) == 4

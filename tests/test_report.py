@@ -224,6 +224,7 @@ def test_hparams_report_names_the_chosen_point_the_runner_up_and_the_whole_grid(
 
     from bench.protocol import select
     from bench.reports.hparams import write_hparams
+    from bench.reports.table import records_frame
 
     store = Store(tmp_path / "results")
     tasks = [t.name for t in VTAB.tasks[:2]]
@@ -242,7 +243,7 @@ def test_hparams_report_names_the_chosen_point_the_runner_up_and_the_whole_grid(
                                  backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224,
                                  hparams=hp))
     add_record(store, "linear", tasks[0], 42, 99.0, stage="final")  # final records are not tune points
-    paths, sel = write_hparams(store, VTAB, tmp_path / "out")
+    paths, sel = write_hparams(records_frame(store, "vtab1k"), VTAB, tmp_path / "out")
     assert [p.name for p in paths] == ["vtab1k_hparams.md", "vtab1k_hparams.tex", "vtab1k_hparams.csv",
                                        "vtab1k_tune_grid.csv"]
     by_cell = {(r.method, r.task): r for r in sel.itertuples()}

@@ -16,15 +16,15 @@ import pandas as pd
 
 from ..protocol import preference
 from ..suite import Suite
-from .table import records_frame
 
 GRID_COLUMNS = ("method", "task", "point", "val_top1", "train_seconds", "peak_memory_mib", "run_id")
 
 
-def tune_grid(store, suite: Suite) -> pd.DataFrame:
-    """Every ok tune record: method, task, the searched hyperparameters (those that differ within
-    the cell) as `point` and as their own columns, validation top-1, costs, run id."""
-    df = records_frame(store, suite.name)
+def tune_grid(records: pd.DataFrame, suite: Suite) -> pd.DataFrame:
+    """Every ok tune record (of `records_frame`): method, task, the searched hyperparameters
+    (those that differ within the cell) as `point` and as their own columns, validation top-1,
+    costs, run id."""
+    df = records
     if df.empty or "stage" not in df:
         return pd.DataFrame(columns=list(GRID_COLUMNS))
     df = df[(df["stage"] == "tune") & df["task"].isin([t.name for t in suite.tasks])]
@@ -77,11 +77,12 @@ def _latex_escape(text: str) -> str:
     return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
 
 
-def write_hparams(store, suite: Suite, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
+def write_hparams(records: pd.DataFrame, suite: Suite, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
     """Write `<suite>_hparams.{md,tex,csv}` (the selected points) and `<suite>_tune_grid.csv`
-    (every point); returns the paths and the selection (empty when there are no tune records)."""
-    grid = tune_grid(store, suite)
-    sel = selected(grid) if not grid.empty else selected(pd.DataFrame(columns=list(GRID_COLUMNS)))
+    (every point) from the suite's `records_frame`; returns the paths and the selection (empty
+    when there are no tune records)."""
+    grid = tune_grid(records, suite)
+    sel = selected(grid)
     if sel.empty:
         return [], sel
     out_dir.mkdir(parents=True, exist_ok=True)

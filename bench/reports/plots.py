@@ -41,7 +41,7 @@ def _legend_height(labels, width: float) -> float:
     return 0.35 + 0.13 * rows
 
 
-def _legend_below(fig, ax, handles, labels, width: float) -> None:
+def _legend_below(fig, handles, labels, width: float) -> None:
     """A legend under the axes, in as many columns as fit the width: it never covers data, and
     long method names never collide with each other."""
     fig.legend(handles, labels, loc="outside lower center", ncol=_legend_columns(labels, width), fontsize=6,
@@ -65,7 +65,11 @@ def _count_label(v: float, _=None) -> str:
     return f"{v * 1000:g}K" if v < 1 else f"{v:g}M"
 
 
-def _log_axis(axis, values, formatter=lambda v, _: f"{v:g}") -> None:
+def _plain_label(v: float, _=None) -> str:
+    return f"{v:g}"
+
+
+def _log_axis(axis, values, formatter=_plain_label) -> None:
     """Log ticks that never crowd: 1-2-5 per decade over a narrow range, decades over a wide one,
     plain numbers, no minor labels (matplotlib labels minor ticks when less than a decade shows)."""
     lo, hi = float(min(values)), float(max(values))
@@ -97,7 +101,7 @@ def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure
                else pd.Series(dtype=float))
     for cost, name, label, fmt in (
             (table[PARAMS], "accuracy_vs_params", "trainable parameters (with head)", _count_label),
-            (seconds.reindex(table.index), "accuracy_vs_time", "train time per run (s)", None)):
+            (seconds.reindex(table.index), "accuracy_vs_time", "train time per run (s)", _plain_label)):
         points = pd.DataFrame({"method": table.index, "cost": cost, "accuracy": table[GROUPS]}).dropna()
         if name == "accuracy_vs_time" and points.empty:
             continue
@@ -112,8 +116,8 @@ def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure
             ax.plot(front["cost"], front["accuracy"], drawstyle="steps-post", color="0.5", linewidth=0.8,
                     linestyle="--", zorder=2, label="Pareto front")
             ax.set_xscale("log")
-            _log_axis(ax.xaxis, points["cost"], *((fmt,) if fmt else ()))
-            _legend_below(fig, ax, *ax.get_legend_handles_labels(), width)
+            _log_axis(ax.xaxis, points["cost"], fmt)
+            _legend_below(fig, *ax.get_legend_handles_labels(), width)
         ax.set_xlabel(label)
         ax.set_ylabel(f"top-1 (%), {GROUPS.lower()}")
         out[f"{prefix}_{name}"] = fig
@@ -126,7 +130,7 @@ def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure
     ax.set_xlabel("")
     if ax.get_legend() is not None:
         ax.get_legend().remove()
-        _legend_below(fig, ax, *ax.get_legend_handles_labels(), width)
+        _legend_below(fig, *ax.get_legend_handles_labels(), width)
     out[f"{prefix}_groups"] = fig
 
     # Costs: peak memory and training time per method, as horizontal bars (names read across).
@@ -166,7 +170,7 @@ def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure
 
     # Critical-difference diagram (Demsar 2006): average ranks, Nemenyi's CD, and bars joining
     # the methods whose ranks do not differ by it; from 3 methods on 2 tasks.
-    from .stats import critical_difference, ranks
+    from .stats import ranks
 
     ranked = ranks(report)
     if ranked is not None and len(ranked.average) >= 3 and len(ranked.tasks) >= 2:
@@ -185,7 +189,7 @@ def figures(report: Report, width: float = COLUMN_WIDTH) -> dict[str, plt.Figure
         ax.tick_params(axis="x", rotation=90, labelsize=6)
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-            _legend_below(fig, ax, *ax.get_legend_handles_labels(), fig_width)
+            _legend_below(fig, *ax.get_legend_handles_labels(), fig_width)
         out[f"{prefix}_seeds"] = fig
     return out
 

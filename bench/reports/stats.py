@@ -135,10 +135,7 @@ def compare(report: Report, a: str, b: str, seed: int = 0) -> Comparison:
         # two-sided exact p is at least 2 / 2**n: above 0.05 for n <= 5
         out.notes.append(f"{len(nonzero)} tasks with a difference: too few for the Wilcoxon test to reach "
                          "p < 0.05 whatever the data (it needs 6)")
-        if len(nonzero):
-            result = stats.wilcoxon(diffs)
-            out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
-    else:
+    if len(nonzero):
         result = stats.wilcoxon(diffs)
         out.statistic, out.pvalue = float(result.statistic), float(result.pvalue)
     return out

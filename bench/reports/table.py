@@ -21,6 +21,10 @@ MISSING = "—"
 FLAT, GROUPS = "Mean (tasks)", "Mean (groups)"
 PARAMS, PARAMS_NO_HEAD = "Params (M)", "Params no head (M)"
 CELL_KEYS = ("suite", "task", "method", "seed", "stage")
+# the spec fields a report's protocol line states, with their names in it
+PROTOCOL_KEYS = {"splits": "splits", "normalize": "normalisation", "interpolation": "resizing",
+                 "checkpoint": "backbone weights", "precision": "precision", "backbone": "backbones"}
+MISSING_KEY = object()  # a spec field a record predates
 
 
 @dataclass
@@ -86,6 +90,8 @@ def records_frame(store: Store, suite: str) -> pd.DataFrame:
             "hparams": json.dumps(spec["hparams"], sort_keys=True), "run_id": rec["run_id"],
             # everything of the spec that is not the cell or the seed: one configuration
             "config": json.dumps({k: v for k, v in spec.items() if k not in CELL_KEYS}, sort_keys=True),
+            # what the protocol line reads (absent from records written before a key existed)
+            **{f"spec_{k}": spec.get(k, MISSING_KEY) for k in PROTOCOL_KEYS},
             "finished_at": rec.get("finished_at", ""), **m,
         })
     return pd.DataFrame(rows)
@@ -136,8 +142,11 @@ def published_notes(report: "Report") -> list[str]:
     return lines
 
 
-def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False) -> Report:
-    df = records_frame(store, suite.name)
+def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False,
+                 records: pd.DataFrame | None = None) -> Report:
+    """The report of one stage; `records` is `records_frame(store, suite.name)` when the caller
+    has read it already (for the tune grid too), else it is read here."""
+    df = records if records is not None else records_frame(store, suite.name)
     notes: list[str] = []
     tuned: set[str] = set()
     if not df.empty:
@@ -189,29 +198,22 @@ def _span(lo, hi) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-PROTOCOL_KEYS = {"splits": "splits", "normalize": "normalisation", "interpolation": "resizing",
-                 "checkpoint": "backbone weights", "precision": "precision"}
 
 
 def protocol_line(df: pd.DataFrame, suite: Suite, stage: str, tuned: set[str]) -> tuple[str, dict[str, str]]:
     """The protocol of the records reported, as one line, and the methods whose own records mix
     protocols (method -> what differs). Where methods differ from each other, the line says so."""
-    specs = pd.DataFrame([json.loads(c) for c in df["config"]], index=df.index)
-    specs["backbone"] = df["backbone"]
-    specs["method"] = df["method"]
+    specs = pd.DataFrame({"method": df["method"]})
     for key in PROTOCOL_KEYS:
-        if key not in specs:
-            specs[key] = "unrecorded"
-        elif key == "checkpoint":  # no file: the backbone's own pretrained weights (timm's, or the demo's)
-            specs[key] = specs[key].map(lambda v: "the backbone's own pretrained" if v is None else str(v))
+        if key == "checkpoint":  # no file: the backbone's own pretrained weights (timm's, or the demo's)
+            specs[key] = df[f"spec_{key}"].map(lambda v: "unrecorded" if v is MISSING_KEY else
+                                               "the backbone's own pretrained" if v is None else str(v))
         else:
-            specs[key] = specs[key].map(lambda v: "unrecorded" if v is None else
-                                        " -> ".join(v) if isinstance(v, list) else str(v))
+            specs[key] = df[f"spec_{key}"].map(lambda v: "unrecorded" if v is None or v is MISSING_KEY else
+                                               " -> ".join(v) if isinstance(v, list) else str(v))
     mixed = {}
     for method, rows in specs.groupby("method"):
         differ = [PROTOCOL_KEYS[k] for k in PROTOCOL_KEYS if rows[k].nunique() > 1]
-        if rows["backbone"].nunique() > 1:
-            differ.append("backbones")
         if differ:
             mixed[str(method)] = ", ".join(differ)
 
@@ -231,11 +233,10 @@ def protocol_line(df: pd.DataFrame, suite: Suite, stage: str, tuned: set[str]) -
     seeds = sorted(df["seed"].unique())
     per_cell = df.groupby(["method", "task"])["seed"].nunique()
     shown = ", ".join(str(s) for s in seeds[:6]) + (f", ... ({len(seeds)} in all)" if len(seeds) > 6 else "")
-    weights = values("checkpoint")
     line = (f"Protocol: {stage} stage, trained -> evaluated on {values('splits')}, top-1 after the last epoch; "
             f"{selection}; seeds {shown} ({_span(per_cell.min(), per_cell.max())} per cell); normalisation "
             f"{values('normalize')}; resizing {values('interpolation')}; backbone {values('backbone')}, weights "
-            f"{weights}; precision {values('precision')}.")
+            f"{values('checkpoint')}; precision {values('precision')}.")
     return line, mixed
 
 
@@ -334,8 +335,7 @@ def rich_table(report: Report, width: int | None = None):
     from rich.table import Table
 
     frame = display_frame(report)
-    names = [str(m) for m in frame.index]
-    method_width = max([len("method")] + [len(n.split(" (")[0]) for n in names])
+    method_width = max([len("method")] + [len(str(n).split(" (")[0]) for n in frame.index])
     task_cols = [c for c in frame.columns if c in {t.label for t in report.suite.tasks}]
     group_cols = [c for c in frame.columns if c in group_names(report.suite)]
     layouts = [list(frame.columns),
@@ -345,7 +345,7 @@ def rich_table(report: Report, width: int | None = None):
     if width is not None:
         for columns in layouts:
             shown = columns
-            if _needed_width(frame, columns, names, method_width) <= width:
+            if _needed_width(frame, columns, method_width) <= width:
                 break
     table = Table(title=f"{report.suite.name} · top-1 (%) · {report.stage} stage")
     table.add_column("method", style="bold", min_width=method_width, overflow="fold")
@@ -367,7 +367,7 @@ def _cell_width(frame: pd.DataFrame, column: str) -> int:
     return max([len(w) for w in str(column).split()] + [len(str(v)) for v in frame[column]])
 
 
-def _needed_width(frame: pd.DataFrame, columns: list[str], names: list[str], method_width: int) -> int:
+def _needed_width(frame: pd.DataFrame, columns: list[str], method_width: int) -> int:
     # each column adds its content, a space either side and a border
     return 1 + (method_width + 3) + sum(_cell_width(frame, c) + 3 for c in columns)
 
