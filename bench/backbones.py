@@ -7,6 +7,7 @@ filters), so a name that works in timm works here, and a checkpoint loads the wa
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -187,3 +188,65 @@ def set_threads(n: int | None = None) -> int:
             n = os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
     return n
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, computed once per process for a given path, size and modification time
+    (a ViT-B checkpoint is 330 MB: each run of a campaign must not hash it again)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def weights_file(name: str, checkpoint: str | None) -> tuple[str, Path | None]:
+    """Where the backbone's weights were read from: (source, file). The source is `checkpoint`
+    (--checkpoint), `package` (a file named by the pretrained config, as the demo ViT's), `hf-hub`
+    or `url` (timm's download caches, looked up in that order as timm does); the file is None
+    where none can be found (weights never downloaded, or a source timm reads some other way)."""
+    if checkpoint:
+        return "checkpoint", Path(checkpoint).expanduser().resolve()
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)  # a name without a tag: the architecture's default
+    except Exception:  # noqa: BLE001 - an identity for the record, never a reason to fail a run
+        cfg = None
+    if cfg is None:
+        return "unknown", None
+    if cfg.file:
+        return "package", Path(cfg.file)
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        for fname in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(repo, fname)
+            if isinstance(found, str):
+                return "hf-hub", Path(found)
+        return "hf-hub", None
+    if cfg.url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url.split("?")[0])
+        return "url", cached if cached.is_file() else None
+    return "unknown", None
+
+
+def weights_identity(name: str, checkpoint: str | None) -> dict:
+    """What a record stores about the backbone's weights: the backbone name, where the weights
+    came from, the file and its SHA-256 (None where no file could be found: the report then says
+    the weights are unhashed)."""
+    source, path = weights_file(name, checkpoint)
+    sha = None
+    if path is not None and path.is_file():
+        try:
+            sha = file_sha256(path)
+        except OSError:
+            sha = None
+    return {"backbone": name, "source": source, "file": str(path) if path is not None else None, "sha256": sha}

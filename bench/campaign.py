@@ -68,6 +68,7 @@ class Request:
     precision: str = "auto"
     compile: bool = False
     checkpoint_interval: float = 120.0
+    eval_every: int = 0              # final stage: a diagnostic test evaluation every N epochs
     plugins: list[str] = field(default_factory=list)
     executor: str = "local"
     executor_options: Any = None
@@ -146,6 +147,12 @@ def preflight(req: Request, progress=None) -> Campaign:
     if protocol == "vtab" and "tune" not in suite.splits:
         raise UserError(f"--protocol vtab needs a tune stage, and suite {suite.name!r} has none in [splits]")
     stage = req.stage or "final"
+    if req.eval_every < 0:
+        raise UserError(f"--eval-every {req.eval_every}: use a number of epochs >= 1 (0, the default: "
+                        "evaluate only after the last epoch)")
+    if req.eval_every and stage != "final":
+        raise UserError(f"--eval-every evaluates the final stage's test split during training as a "
+                        f"diagnostic; the {stage!r} stage has none. Drop --eval-every or run --stage final")
     backbone_name = req.backbone or suite.backbone
     base = plan(suite, methods, tasks, seeds, stage, backbone_name, req.checkpoint, req.overrides,
                 precision=req.precision)
@@ -174,7 +181,8 @@ def preflight(req: Request, progress=None) -> Campaign:
     store = Store(req.results)
     store.check_writable()
     opts = EngineOptions(device=device or "auto", workers=req.workers, compile=req.compile,
-                         checkpoint_interval=req.checkpoint_interval)
+                         checkpoint_interval=req.checkpoint_interval, protocol=protocol,
+                         eval_every=req.eval_every)
     context = JobContext(
         suite_path=str(Path(suite.path).resolve()), data_root=str(Path(root).resolve()),
         results=str(store.root.resolve()) if not executor.in_process else str(store.root),

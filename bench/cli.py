@@ -130,7 +130,7 @@ def cmd_run(args) -> int:
                   data_root=args.data_root, backbone=args.backbone, checkpoint=args.checkpoint,
                   overrides=args.set or [], force=args.force, results=args.results, device=args.device,
                   threads=args.threads, workers=args.workers, precision=args.precision, compile=args.compile,
-                  checkpoint_interval=args.checkpoint_interval, plugins=args.plugin or [],
+                  checkpoint_interval=args.checkpoint_interval, eval_every=args.eval_every, plugins=args.plugin or [],
                   executor=args.executor, executor_options=options, wait=args.wait,
                   command="bench " + " ".join(sys.argv[1:]))
     view = RunView(args.quiet)
@@ -335,11 +335,20 @@ def cmd_report(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"the report folder {out} is a file; pass --out DIR")
     records = records_frame(store, suite.name)  # read once, for the table and the tune grid
-    report = build_report(store, suite, args.stage, compare_published=args.compare_published, records=records)
+    report = build_report(store, suite, args.stage, compare_published=args.compare_published, records=records,
+                          diagnostic=args.diagnostic)
     if report.mean.empty:
         _problems(store)
         raise UserError(f"nothing to report: {report.notes[0]}. Run `bench run --suite {suite.name}` "
                         "first, or pass --results DIR")
+    if "html" in formats:  # the page also lists failed runs and inlines the figures of --plots
+        from .reports.table import failed_records
+
+        report.failed = failed_records(store, suite.name, args.stage)
+        if args.plots:
+            from .reports.html import figures_svg
+
+            report.figure_svgs = figures_svg(report)
     written = write_report(report, out, formats + (["plots"] if args.plots else []))
     console.print(rich_table(report, width=console.width))
     console.print(escape(report.protocol))
@@ -362,9 +371,13 @@ def cmd_report(args) -> int:
             raise UserError(f"--compare {args.compare!r}: name two methods, e.g. --compare lion,vpt-deep")
         comparison = compare(report, *names)
         console.print(escape(comparison.summary()))
-        path = out / f"{suite.name}_{args.stage}_{names[0]}_vs_{names[1]}.md"
-        path.write_text(comparison.markdown(), encoding="utf-8")
-        written.append(path)
+        stem = out / f"{suite.name}_{args.stage}_{names[0]}_vs_{names[1]}"
+        out.mkdir(parents=True, exist_ok=True)
+        for fmt, suffix, render in (("md", "md", comparison.markdown), ("latex", "tex", comparison.latex)):
+            if fmt == "md" or fmt in formats:  # the Markdown always: it is the comparison's own file
+                path = stem.with_suffix(f".{suffix}")
+                path.write_text(render(), encoding="utf-8")
+                written.append(path)
     if args.hparams:
         from .reports.hparams import write_hparams
 
@@ -471,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-interval", type=float, default=120.0, metavar="SECONDS",
                    help="save a run's epoch checkpoint at most this often, so a killed or preempted run "
                         "resumes (default 120; 0: after every epoch)")
+    r.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="final stage: also record top-1 on the test split every N epochs, as a diagnostic "
+                        "that nothing selects on (`bench report --diagnostic`); runs already recorded are "
+                        "not rerun (add --force)")
     results_opt(r)
     c = r.add_argument_group("cluster (see the README's Cluster section)")
     c.add_argument("--executor", default="local",
@@ -525,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--hparams", action="store_true",
                     help="also write the hyperparameters the tune stage selected per method x task (with the "
                          "runner-up) and the whole tune grid")
+    rp.add_argument("--diagnostic", action="store_true",
+                    help="add what the best test epoch would have reported (from runs made with --eval-every), "
+                         "beside our last-epoch numbers: the optimism of test-epoch selection, measured")
     rp.add_argument("--out", help="folder for the table files (default: <results>/<suite>/)")
     plugin_opt(rp)
     results_opt(rp)

@@ -7,6 +7,8 @@ Training keeps loss and accuracy sums on the device, so a step never waits for t
 
 from __future__ import annotations
 
+import copy
+
 import os
 import random
 import time
@@ -49,6 +51,12 @@ class EngineOptions:
     # which for full fine-tuning of a ViT-B is about 1 GB, so not after every short epoch.
     checkpoint_path: Path | None = None
     checkpoint_interval: float = 120.0
+    # the campaign's protocol (fixed | vtab): what each record says about how its hyperparameters
+    # were chosen
+    protocol: str = "fixed"
+    # final stage: also evaluate on the evaluation split every this many epochs, kept in the curve
+    # as a diagnostic that nothing selects on (0: only after the last epoch)
+    eval_every: int = 0
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -161,6 +169,32 @@ def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torc
     return logits, loss
 
 
+def evaluate(model, loader, device: torch.device, on_batch=None) -> int:
+    """Correct top-1 predictions of the model (put in eval mode) over a loader."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            correct += (model(x).argmax(1) == y).sum()
+            if on_batch is not None:
+                on_batch()
+    return int(correct.item())
+
+
+def diagnostic_top1(model, loader, n: int, device: torch.device, gen: torch.Generator) -> float:
+    """Top-1 on the evaluation split in the middle of training (`--eval-every`), leaving the run
+    exactly as it was: the random streams and the method's own state (LION's solver statistics)
+    are put back, so the run's result is the one it gives without the diagnostic."""
+    rng, extra = _rng_state(gen, device), copy.deepcopy(model.extra_state())
+    try:
+        return 100.0 * evaluate(model, loader, device) / n
+    finally:
+        model.load_extra_state(extra)
+        _set_rng_state(rng, gen, device)
+        model.train()
+
+
 def _progress_task(progress, description: str, total: int):
     if progress is None:
         return None
@@ -253,6 +287,9 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
                           "train_acc": 100.0 * correct.item() / max(seen, 1),
                           "lr": lr, "seconds": seconds,
                           **model.epoch_metrics()})
+            if (opts.eval_every and spec.stage == "final" and (epoch + 1) % opts.eval_every == 0
+                    and epoch + 1 < hp["epochs"]):
+                curve[-1]["diagnostic_top1"] = diagnostic_top1(model, eval_loader, len(eval_set), device, gen)
             if (opts.checkpoint_path is not None and epoch + 1 < hp["epochs"]
                     and time.monotonic() - last_save >= opts.checkpoint_interval):
                 save_checkpoint(opts.checkpoint_path, {
@@ -265,16 +302,11 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         if opts.progress is not None:
             opts.progress.remove_task(bar)
         ebar = _progress_task(opts.progress, f"eval  {label}", len(eval_loader))
-        model.eval()
         t0 = time.perf_counter()
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        with torch.inference_mode():
-            for x, y in eval_loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                correct += (model(x).argmax(1) == y).sum()
-                _advance(opts.progress, ebar)
-        top1 = 100.0 * correct.item() / len(eval_set)
+        top1 = 100.0 * evaluate(model, eval_loader, device, lambda: _advance(opts.progress, ebar)) / len(eval_set)
         eval_seconds = time.perf_counter() - t0
+        if opts.eval_every and spec.stage == "final" and curve:
+            curve[-1]["diagnostic_top1"] = top1  # the last epoch's, so the best over epochs includes it
         if opts.progress is not None:
             opts.progress.remove_task(ebar)
 

@@ -47,6 +47,20 @@ def is_done(store: Store, spec: RunSpec, force_since: str | None = None) -> bool
         return False
 
 
+def selection_rule(spec: RunSpec, suite: Suite, protocol: str) -> dict[str, str | None]:
+    """How this run's number was chosen, as its record states it: always the top-1 after the last
+    epoch; hyperparameters given (the suite's and --set), or one point of the tune grid (the tune
+    stage), or selected on the tune stage's evaluation split (the final stage of --protocol vtab)."""
+    tune_eval = suite.splits["tune"][1] if "tune" in suite.splits else None
+    if spec.stage == "tune" and protocol == "vtab":
+        hparams, on = "grid point", None
+    elif protocol == "vtab":
+        hparams, on = "selected", tune_eval
+    else:
+        hparams, on = "given", None
+    return {"epoch": "last", "hparams": hparams, "selected_on": on}
+
+
 def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opts,
                  record_user_errors: bool = False, job: dict | None = None) -> dict:
     """Run one spec and write its record (ok, or failed with the error); returns the record.
@@ -57,6 +71,7 @@ def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opt
     to read it, so it becomes a failed record that `bench status --failed` shows.
     """
     from . import engine  # torch-heavy: imported when a run really starts
+    from .backbones import weights_identity
     from .measure import environment
 
     record: dict[str, Any] = {"run_id": spec.run_id, "spec": spec.to_dict(), "started_at": now()}
@@ -75,6 +90,8 @@ def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opt
     else:
         record.update(status="ok", error=None, **out)
     record["finished_at"] = now()
+    record["selection"] = selection_rule(spec, suite, opts.protocol)
+    record["weights"] = weights_identity(spec.backbone, spec.checkpoint)
     record["env"] = environment(opts.device)
     store.write(spec, record)
     return record

@@ -1,6 +1,6 @@
 """The README's demo table, regenerated from a real run so that it cannot drift.
 
-    python benchmarks/demo_table.py [--methods all] [--results DIR] [--figures DIR] [--set key=value ...]
+    python benchmarks/demo_table.py [--methods all] [--results DIR] [--figures DIR] [--page PNG] [--set key=value ...]
 
 Runs `bench run --suite demo` as the README's first command does, in a fresh results root
 (and a fresh demo-data cache unless --keep-cache, so the timing includes writing the data), and
@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--results", help="results root (default: a new temporary folder)")
     p.add_argument("--keep-cache", action="store_true", help="reuse the demo data already in the cache")
     p.add_argument("--figures", help="also write the report's PNG figures into this folder")
+    p.add_argument("--page", help="also write the results page (bench report --format html --plots) and save a "
+                                  "screenshot of it, as Chromium shows it, to this PNG file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
 
@@ -67,6 +69,31 @@ def main() -> None:
     print(f"records in {results}")
     if args.figures:
         write_figures(results, Path(args.figures), env)
+    if args.page:
+        screenshot_page(results, Path(args.page), env)
+
+
+def screenshot_page(results: str, png: Path, env: dict) -> None:
+    """The results page of these records, and a screenshot of its top in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    out = Path(tempfile.mkdtemp(prefix="peftbench-page-"))
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "report", "--suite", "demo", "--results", results,
+                           "--format", "html", "--plots", "--out", str(out)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench report failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    page_file = out / "demo_final.html"
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=os.environ.get("PEFTBENCH_CHROMIUM", "/usr/bin/chromium"),
+                                    args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(page_file.as_uri())
+        page.screenshot(path=str(png))
+        page.locator("#results td.task").nth(1).click()  # a cell's details open over the table
+        page.screenshot(path=str(png.with_name(png.stem + "_detail.png")))
+        browser.close()
+    print(f"page {page_file}; screenshot {png}")
 
 
 def write_figures(results: str, folder: Path, env: dict) -> None:

@@ -89,3 +89,33 @@ def test_an_unknown_model_name_suggests_close_ones():
 def test_the_real_size_vit_b16_is_built_without_weights_with_the_papers_parameter_count():
     model = timm.create_model("vit_base_patch16_224.orig_in21k", pretrained=False, num_classes=0)
     assert sum(p.numel() for p in model.parameters()) == 85_798_656
+
+
+def test_the_weights_identity_names_the_file_read_and_its_hash(tmp_path, monkeypatch):
+    import hashlib
+
+    from bench import backbones
+
+    path = tmp_path / "vit.safetensors"
+    save_file(random_vit().state_dict(), str(path))
+    ident = backbones.weights_identity("vit_tiny_patch16_224", str(path))
+    assert ident["source"] == "checkpoint" and ident["file"] == str(path.resolve())
+    assert ident["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    # hashed once per file version: a changed file is hashed again
+    path.write_bytes(b"other")
+    assert backbones.weights_identity("vit_tiny_patch16_224", str(path))["sha256"] == \
+        hashlib.sha256(b"other").hexdigest()
+    # a hub model never downloaded (the tests are offline, with an empty cache): no file, no hash
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = backbones.weights_identity("vit_base_patch16_224.augreg2_in21k_ft_in1k", None)
+    assert hub == {"backbone": "vit_base_patch16_224.augreg2_in21k_ft_in1k", "source": "hf-hub", "file": None,
+                   "sha256": None}
+    # and one that is in the cache is found where timm reads it
+    snap = tmp_path / "hub" / "models--timm--vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    (snap / "refs").mkdir(parents=True)
+    (snap / "refs" / "main").write_text("abc")
+    (snap / "snapshots" / "abc").mkdir(parents=True)
+    (snap / "snapshots" / "abc" / "model.safetensors").write_bytes(b"weights")
+    found = backbones.weights_identity("vit_base_patch16_224.augreg2_in21k_ft_in1k", None)
+    assert found["sha256"] == hashlib.sha256(b"weights").hexdigest() and found["source"] == "hf-hub"

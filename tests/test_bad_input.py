@@ -93,6 +93,9 @@ REFUSED = [
     (["run", "--suite", "{suite}", "--seeds", str(2**63)], None, f"--seeds: {2**63} is not a seed"),
     (["run", "--suite", "{suite}", "--threads", "0"], None, "--threads 0: use at least 1"),
     (["run", "--suite", "{suite}", "--workers", "-1"], None, "--workers -1: use 0"),
+    (["run", "--suite", "{suite}", "--eval-every", "-2"], None, "--eval-every -2: use a number of epochs >= 1"),
+    (["run", "--suite", "{suite}", "--stage", "tune", "--eval-every", "5"], None,
+     "the 'tune' stage has none. Drop --eval-every"),
     # data that cannot train
     (["run", "--suite", "{suite}"], _empty_split, "split 'train800val200'"),
     (["run", "--suite", "{suite}"], _latin1_split, "test.txt:7: not UTF-8 text"),

@@ -125,3 +125,53 @@ def test_a_checkpoint_of_another_spec_is_ignored(toy_suite, tmp_path):
     engine.save_checkpoint(ckpt, {"run_id": specs[1].run_id, "epoch": 1})
     out = run(specs[0], suite, data, EngineOptions(device=torch.device("cpu"), checkpoint_path=ckpt))
     assert out["metrics"]["resumed_from_epoch"] == 0
+
+
+@pytest.mark.parametrize("method", ["lion", "vpt-deep"])
+def test_eval_every_records_test_accuracy_without_changing_the_run(toy_suite, method):
+    """`--eval-every`: the test evaluations during training are kept in the curve, and the run
+    is the one it is without them, to the bit (losses, final top-1, LION's solver statistics)."""
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, method, ["epochs=5", "warmup_epochs=1"])
+    spec = specs[0]
+    plain = run(spec, suite, data, CPU)
+    watched = run(spec, suite, data, EngineOptions(device=torch.device("cpu"), eval_every=2))
+    assert [c["train_loss"] for c in watched["curve"]] == [c["train_loss"] for c in plain["curve"]]
+    assert watched["metrics"]["top1"] == plain["metrics"]["top1"]
+    for key in ("input_mean_iterations", "output_mean_iterations", "trainable_params"):
+        assert watched["metrics"].get(key) == plain["metrics"].get(key)
+    # epochs 2 and 4, and the last (5), whose value is the run's top-1
+    assert [c["epoch"] for c in watched["curve"] if "diagnostic_top1" in c] == [2, 4, 5]
+    assert watched["curve"][-1]["diagnostic_top1"] == watched["metrics"]["top1"]
+    assert all(0 <= c["diagnostic_top1"] <= 100 for c in watched["curve"] if "diagnostic_top1" in c)
+    assert not any("diagnostic_top1" in c for c in plain["curve"])
+
+
+def test_a_tune_stage_run_gets_no_test_evaluations(toy_suite):
+    suite_path, data = toy_suite
+    suite = load_suite(str(suite_path))
+    spec = plan(suite, select_methods("linear"), list(suite.tasks)[:1], [0], "tune", suite.backbone, None,
+                ["epochs=3"])[0]
+    out = run(spec, suite, data, EngineOptions(device=torch.device("cpu"), eval_every=1))
+    assert not any("diagnostic_top1" in c for c in out["curve"])
+
+
+def test_every_record_states_its_selection_rule_and_its_weights_file_hash(toy_suite, tmp_path):
+    import hashlib
+
+    from bench.backbones import demo_weights_path
+
+    suite_path, data = toy_suite
+    suite, specs = toy_specs(suite_path, "linear", ["epochs=2"])
+    store = Store(tmp_path / "results")
+    rec = execute_spec(specs[0], suite, data, store, CPU)
+    assert rec["selection"] == {"epoch": "last", "hparams": "given", "selected_on": None}
+    expected = hashlib.sha256(demo_weights_path().read_bytes()).hexdigest()
+    assert rec["weights"]["sha256"] == expected and rec["weights"]["source"] == "package"
+    assert store.read(specs[0])["weights"] == rec["weights"]
+    tuned = execute_spec(specs[0], suite, data, store, engine_opts(protocol="vtab"))
+    assert tuned["selection"] == {"epoch": "last", "hparams": "selected", "selected_on": "val200"}
+
+
+def engine_opts(**kw):
+    return EngineOptions(device=torch.device("cpu"), **kw)

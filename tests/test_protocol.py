@@ -99,7 +99,9 @@ def test_demo_protocol_then_a_full_report_writes_tables_and_figures(tmp_path):
     rep = bench_cli("report", "--suite", "demo", "--format", "all", "--plots", "--compare-published",
                     "--results", str(results), "--out", str(out))
     assert rep.returncode == 0, rep.stderr
-    assert {"demo_final.md", "demo_final.tex", "demo_final.csv"} <= {p.name for p in out.iterdir()}
+    assert {"demo_final.md", "demo_final.tex", "demo_final.csv", "demo_final.html"} <= {p.name for p in out.iterdir()}
+    page = (out / "demo_final.html").read_text()
+    assert page.count('<figure data-figure="demo_final_') == 5 and "<svg" in page  # --plots, inlined
     # one method: no critical-difference diagram; its group mean is missing: no time scatter
     stems = {"accuracy_vs_params", "groups", "costs", "tasks_heatmap", "seeds"}
     for ext in ("pdf", "png"):

@@ -351,3 +351,102 @@ def test_every_report_states_its_protocol_and_a_method_mixing_protocols_gets_no_
     assert any("linear: its tasks were run with different normalisation" in n for n in report.notes)
     assert markdown_table(report).split("\n\n")[1] == p
     assert latex_table(report).startswith(f"% {p}\n")
+
+
+def _record_with(store, method, task, seed, top1, weights=None, selection=None, curve=None):
+    spec = RunSpec(suite="vtab1k", task=task, method=method, seed=seed, stage="final",
+                   backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224, hparams={"lr": 1.0})
+    rec = {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok", "finished_at": "2026-01-01",
+           "metrics": {"top1": top1, "trainable_params": 10, "trainable_params_no_head": 5}}
+    if weights is not None:
+        rec["weights"] = {"backbone": spec.backbone, "source": "hf-hub", "file": "/x", "sha256": weights}
+    if selection is not None:
+        rec["selection"] = selection
+    if curve is not None:
+        rec["curve"] = curve
+    store.write(spec, rec)
+
+
+GIVEN = {"epoch": "last", "hparams": "given", "selected_on": None}
+
+
+def test_the_protocol_line_names_the_weights_hash_and_the_records_selection_rule(tmp_path):
+    store = Store(tmp_path / "results")
+    for task in VTAB.tasks:
+        _record_with(store, "lora", task.name, 1, 70.0, weights="ab" * 32, selection=GIVEN)
+        # a record written before records carried these: it mixes with anything
+        _record_with(store, "bitfit", task.name, 1, 60.0, weights=None if task.name == "dtd" else "ab" * 32,
+                     selection=None if task.name == "dtd" else GIVEN)
+        # weights from another file on one task: the method's means mean nothing
+        _record_with(store, "ssf", task.name, 1, 65.0, weights="cd" * 32 if task.name == "dtd" else "ab" * 32,
+                     selection=GIVEN)
+    report = build_report(store, VTAB)
+    assert "(SHA-256 abababababab" in report.protocol
+    assert "each record: last epoch, hyperparameters given" in report.protocol
+    assert report.mean.loc["lora", GROUPS] == 70.0 and report.mean.loc["bitfit", GROUPS] == 60.0
+    assert report.mean.loc["ssf", GROUPS] != report.mean.loc["ssf", GROUPS]  # NaN
+    assert any(n.startswith("ssf: its tasks were run with different weights files") for n in report.notes)
+
+
+def test_diagnostic_columns_report_the_best_test_epoch_beside_the_last_and_nothing_else_moves(tmp_path):
+    """Method `a` peaks before its last epoch; the best-test-epoch column shows the peak's mean of
+    group means and the optimism beside it, while every number of ours stays the last epoch's."""
+    store = Store(tmp_path / "results")
+    groups = {}
+    for task in VTAB.tasks:
+        groups.setdefault(task.group, []).append(task.name)
+        for seed in (1, 2):
+            last = 60.0 + seed
+            curve = [{"epoch": 10, "train_loss": 1.0, "diagnostic_top1": 70.0 + seed},
+                     {"epoch": 20, "train_loss": 0.5, "diagnostic_top1": last}]
+            _record_with(store, "a", task.name, seed, last, curve=curve)
+            _record_with(store, "b", task.name, seed, 50.0)  # run without --eval-every
+    plain = build_report(store, VTAB)
+    report = build_report(store, VTAB, diagnostic=True)
+    assert plain.mean.equals(report.mean[plain.mean.columns])  # the diagnostic adds columns, changes none
+    assert report.mean.loc["a", GROUPS] == pytest.approx(61.5)
+    assert report.mean.loc["a", "Best test epoch (groups)"] == pytest.approx(71.5)
+    assert report.mean.loc["a", "Best-epoch gain (groups)"] == pytest.approx(10.0)
+    assert np.isnan(report.mean.loc["b", "Best test epoch (groups)"])
+    assert any("the best of 2 test evaluations" in n and "nothing selects on" in n for n in report.notes)
+    md = markdown_table(report)
+    assert "Best test epoch (groups)" in md and "71.5" in md
+    # the ranks and intervals read our last-epoch columns only
+    from bench.reports.stats import ranks
+
+    assert "Best test epoch (groups)" not in report.accuracy_columns
+    assert list(ranks(report).average.index) == ["a", "b"]
+
+
+def test_the_tune_selection_never_reads_the_diagnostic(tmp_path):
+    """A tune-stage record whose curve (wrongly) carries test evaluations: the point chosen is the
+    one with the best last-epoch val200 top-1, whatever the diagnostic says."""
+    from bench.protocol import select
+
+    store = Store(tmp_path / "results")
+    specs = []
+    for lr, top1, diag in ((1.0, 70.0, 99.0), (2.0, 80.0, 10.0)):
+        spec = RunSpec(suite="vtab1k", task="dtd", method="lora", seed=1, stage="tune",
+                       backbone="vit_base_patch16_224.orig_in21k", checkpoint=None, image_size=224,
+                       hparams={"lr": lr})
+        store.write(spec, {"run_id": spec.run_id, "spec": spec.to_dict(), "status": "ok",
+                           "finished_at": "2026-01-01", "curve": [{"epoch": 1, "diagnostic_top1": diag}],
+                           "metrics": {"top1": top1, "best_epoch_top1": diag}})
+        specs.append(spec)
+    best, waiting = select(store, specs)
+    assert best[("lora", "dtd")]["lr"] == 2.0 and not waiting
+
+
+def test_report_diagnostic_and_compare_in_latex_from_the_command_line(store, tmp_path, capsys):
+    from bench.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--suite", "vtab1k", "--results", str(store.root), "--out", str(out), "--format", "latex",
+              "--diagnostic", "--compare", "a,b"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "no record has test evaluations during training" in printed and "--eval-every" in printed
+    assert (out / "vtab1k_final_a_vs_b.tex").read_text().startswith("\\begin{table}")
+    assert (out / "vtab1k_final_a_vs_b.md").is_file()
+    assert "Best test epoch (groups)" in (out / "vtab1k_final.tex").read_text()

@@ -66,6 +66,11 @@ def test_compare_gives_each_tasks_difference_an_interval_and_a_wilcoxon_test_ove
     assert "6 better, 0 worse" in c.summary() and "too few" not in c.summary()
     md = c.markdown()
     assert "| task" in md and "95% low" in md and "+10.00" in md
+    tex = c.latex()
+    assert "\\begin{table}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
+    assert "$+10.00$" in tex and "95\\% low" in tex and "Wilcoxon" in tex and "(\\%)" in tex
+    assert "95% " not in tex.replace("\\%", "")  # every percent sign escaped
+    assert tex.count("\\\\\n") == 7  # the header and the six tasks
 
 
 def test_compare_says_when_tasks_or_seeds_are_too_few_and_refuses_unknown_methods(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import ReportWriter, register_writer
-from .table import MISSING, PARAMS, PARAMS_NO_HEAD, Report, _fmt_params, _label
+from .table import MISSING, PARAMS, PARAMS_NO_HEAD, Report, _fmt_params, _label, fmt_extra
 
 
 def latex_table(report: Report) -> str:
@@ -23,7 +23,7 @@ def latex_table(report: Report) -> str:
                 cells.loc[m, c] = _fmt_params(v)
                 continue
             if c in report.extra_columns:
-                cells.loc[m, c] = "--" if pd.isna(v) else f"{v:.1f}"
+                cells.loc[m, c] = fmt_extra(c, v, missing="--")
                 continue
             std = report.std.loc[m, c] if c in report.std.columns else None
             text = MISSING if pd.isna(v) else (

@@ -96,6 +96,27 @@ class Comparison:
                 "seeds within the task).\n\n" + frame.to_markdown(index=False, disable_numparse=True) + "\n")
 
 
+    def latex(self) -> str:
+        """The per-task table as booktabs LaTeX to \\input, with the summary as its caption."""
+        from .latex import _escape
+
+        frame = self.per_task.copy()
+        for col in (self.a, self.b, "difference", "low", "high"):
+            frame[col] = [("--" if pd.isna(v) else f"${v:+.2f}$" if col not in (self.a, self.b) else f"{v:.2f}")
+                          for v in frame[col]]
+        frame["task"] = [_escape(str(t)) for t in frame["task"]]
+        frame = frame.rename(columns={self.a: _escape(self.a), self.b: _escape(self.b),
+                                      "low": f"{CONFIDENCE:.0%} low".replace("%", "\\%"),
+                                      "high": f"{CONFIDENCE:.0%} high".replace("%", "\\%"),
+                                      f"seeds {self.a}": f"seeds {_escape(self.a)}",
+                                      f"seeds {self.b}": f"seeds {_escape(self.b)}"})
+        caption = _escape(f"{self.summary()}. Per task: mean top-1 (%), the difference and its "
+                          f"{CONFIDENCE:.0%} bootstrap interval over seeds.")
+        return frame.style.hide(axis="index").to_latex(
+            hrules=True, column_format="l" + "r" * (len(frame.columns) - 1), caption=caption,
+            label=f"tab:{_escape(self.a)}-vs-{_escape(self.b)}".replace("\\_", "-"))
+
+
 def compare(report: Report, a: str, b: str, seed: int = 0) -> Comparison:
     """Method `a` against method `b`, task by task and over the tasks."""
     for name in (a, b):

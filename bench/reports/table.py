@@ -24,6 +24,8 @@ CELL_KEYS = ("suite", "task", "method", "seed", "stage")
 # the spec fields a report's protocol line states, with their names in it
 PROTOCOL_KEYS = {"splits": "splits", "normalize": "normalisation", "interpolation": "resizing",
                  "checkpoint": "backbone weights", "precision": "precision", "backbone": "backbones"}
+# what a record states beside its spec (not part of the run id)
+RECORD_PROTOCOL_KEYS = {"weights_sha256": "weights files", "selection": "selection rules"}
 MISSING_KEY = object()  # a spec field a record predates
 
 
@@ -41,6 +43,9 @@ class Report:
     published_labels: pd.DataFrame | None = None  # per published row: PUBLISHED_LABELS
     extra_columns: list[str] = field(default_factory=list)  # methods' own columns (e.g. LION's solver)
     protocol: str = ""            # one line: splits, selection, seeds, normalisation, resizing, weights
+    # for the results page (`--format html`): failed runs, and the figures of --plots as SVG
+    failed: list[dict] = field(default_factory=list)
+    figure_svgs: dict[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
@@ -92,9 +97,49 @@ def records_frame(store: Store, suite: str) -> pd.DataFrame:
             "config": json.dumps({k: v for k, v in spec.items() if k not in CELL_KEYS}, sort_keys=True),
             # what the protocol line reads (absent from records written before a key existed)
             **{f"spec_{k}": spec.get(k, MISSING_KEY) for k in PROTOCOL_KEYS},
-            "finished_at": rec.get("finished_at", ""), **m,
+            # how the record says it was chosen, and the weights it ran with (records written
+            # before these existed lack them: the protocol line says "unrecorded")
+            "selection": _selection_text(rec.get("selection")),
+            "weights_sha256": (rec.get("weights") or {}).get("sha256", MISSING_KEY) if "weights" in rec else MISSING_KEY,
+            # --eval-every: the best of the test evaluations during training (a diagnostic)
+            **_best_test_epoch(rec.get("curve") or []),
+            "finished_at": rec.get("finished_at", ""), "_path": rec.get("_path", ""), **m,
         })
     return pd.DataFrame(rows)
+
+
+def failed_records(store: Store, suite: str, stage: str) -> list[dict]:
+    """The failed runs of a stage that no ok record of the same cell and seed replaced: what a
+    results page lists beside the missing cells, with the error and the record's file."""
+    failed, ok = [], set()
+    for rec in store.records(suite):
+        spec = rec.get("spec", {})
+        if spec.get("stage") != stage:
+            continue
+        key = (spec.get("method"), spec.get("task"), spec.get("seed"))
+        if rec.get("status") == "ok":
+            ok.add(key)
+        elif rec.get("status") == "failed":
+            failed.append({"method": key[0], "task": key[1], "seed": key[2], "stage": stage,
+                           "error": str(rec.get("error") or "")[:500], "path": rec.get("_path", "")})
+    return [f for f in failed if (f["method"], f["task"], f["seed"]) not in ok]
+
+
+def _selection_text(selection: dict | None) -> str:
+    if not selection:
+        return "unrecorded"
+    chosen = {"given": "hyperparameters given", "grid point": "a tune-grid point",
+              "selected": f"hyperparameters selected on {selection.get('selected_on')}"}.get(
+        selection.get("hparams"), str(selection.get("hparams")))
+    return f"{selection.get('epoch', 'last')} epoch, {chosen}"
+
+
+def _best_test_epoch(curve: list[dict]) -> dict:
+    scored = [(e["diagnostic_top1"], e["epoch"]) for e in curve if "diagnostic_top1" in e]
+    if not scored:
+        return {"best_epoch_top1": float("nan"), "best_epoch": float("nan"), "diagnostic_epochs": 0}
+    best = max(scored, key=lambda p: (p[0], -p[1]))  # the earliest of equal bests
+    return {"best_epoch_top1": best[0], "best_epoch": best[1], "diagnostic_epochs": len(scored)}
 
 
 PUBLISHED_LABELS = ("method", "label", "source", "weights", "selection", "config_note")
@@ -143,7 +188,7 @@ def published_notes(report: "Report") -> list[str]:
 
 
 def build_report(store: Store, suite: Suite, stage: str = "final", compare_published: bool = False,
-                 records: pd.DataFrame | None = None) -> Report:
+                 records: pd.DataFrame | None = None, diagnostic: bool = False) -> Report:
     """The report of one stage; `records` is `records_frame(store, suite.name)` when the caller
     has read it already (for the tune grid too), else it is read here."""
     df = records if records is not None else records_frame(store, suite.name)
@@ -184,6 +229,8 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     table[PARAMS] = params["trainable_params"].reindex(methods)
     table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
     extra = method_columns(df, methods, table)
+    if diagnostic:
+        extra += diagnostic_columns(df, suite, table, notes)
     published = labels = None
     if compare_published:
         found = published_frame(suite)
@@ -211,9 +258,16 @@ def protocol_line(df: pd.DataFrame, suite: Suite, stage: str, tuned: set[str]) -
         else:
             specs[key] = df[f"spec_{key}"].map(lambda v: "unrecorded" if v is None or v is MISSING_KEY else
                                                " -> ".join(v) if isinstance(v, list) else str(v))
+    # what the record itself states (a record written before these existed: "unrecorded", which
+    # mixes with anything, as such a record cannot be told apart from one run today)
+    specs["weights_sha256"] = df["weights_sha256"].map(
+        lambda v: "unrecorded" if v is MISSING_KEY else "unhashed" if v is None else f"SHA-256 {v[:12]}")
+    specs["selection"] = df["selection"]
     mixed = {}
     for method, rows in specs.groupby("method"):
-        differ = [PROTOCOL_KEYS[k] for k in PROTOCOL_KEYS if rows[k].nunique() > 1]
+        differ = ([PROTOCOL_KEYS[k] for k in PROTOCOL_KEYS if rows[k].nunique() > 1]
+                  + [label for k, label in RECORD_PROTOCOL_KEYS.items()
+                     if rows[k][rows[k] != "unrecorded"].nunique() > 1])
         if differ:
             mixed[str(method)] = ", ".join(differ)
 
@@ -236,8 +290,35 @@ def protocol_line(df: pd.DataFrame, suite: Suite, stage: str, tuned: set[str]) -
     line = (f"Protocol: {stage} stage, trained -> evaluated on {values('splits')}, top-1 after the last epoch; "
             f"{selection}; seeds {shown} ({_span(per_cell.min(), per_cell.max())} per cell); normalisation "
             f"{values('normalize')}; resizing {values('interpolation')}; backbone {values('backbone')}, weights "
-            f"{values('checkpoint')}; precision {values('precision')}.")
+            f"{values('checkpoint')} ({values('weights_sha256')}); precision {values('precision')}; each record: "
+            f"{values('selection')}.")
     return line, mixed
+
+
+BEST_EPOCH, OPTIMISM = "Best test epoch (groups)", "Best-epoch gain (groups)"
+
+
+def diagnostic_columns(df: pd.DataFrame, suite: Suite, table: pd.DataFrame, notes: list[str]) -> list[str]:
+    """`--diagnostic`: beside our last-epoch numbers, what selecting the best test epoch (as most
+    published rows do) would have reported, as a mean of group means, and how much higher that is.
+    Read from the test evaluations `bench run --eval-every N` kept in each record's curve; nothing
+    selects on them. A cell whose records have none leaves the method's columns empty."""
+    tasks = [t.name for t in suite.tasks]
+    best = df.groupby(["method", "task"])["best_epoch_top1"].mean().unstack().reindex(index=table.index, columns=tasks)
+    have = df.groupby(["method", "task"])["diagnostic_epochs"].min().unstack().reindex(index=table.index, columns=tasks)
+    best = best.where(have > 0)
+    table[BEST_EPOCH] = add_means(best, suite)[GROUPS]
+    table[OPTIMISM] = table[BEST_EPOCH] - table[GROUPS]
+    evaluated = df.loc[df["diagnostic_epochs"] > 0, "diagnostic_epochs"]
+    if evaluated.empty:
+        notes.append("--diagnostic: no record has test evaluations during training; run the final stage with "
+                      "`bench run ... --eval-every N --force` to record them")
+    else:
+        notes.append(f"{BEST_EPOCH}: the top-1 of the best of {_span(evaluated.min(), evaluated.max())} test "
+                     f"evaluations during training (bench run --eval-every), as most published rows select it; a "
+                     f"diagnostic that nothing selects on. {OPTIMISM}: how much higher that is than our last-epoch "
+                     "mean of group means")
+    return [BEST_EPOCH, OPTIMISM]
 
 
 def method_columns(df: pd.DataFrame, methods: list[str], table: pd.DataFrame) -> list[str]:
@@ -267,6 +348,13 @@ def _fmt(value, std=None) -> str:
     if std is not None and not pd.isna(std):
         return f"{value:.1f} ± {std:.1f}"
     return f"{value:.1f}"
+
+
+def fmt_extra(column: str, value, missing: str = MISSING) -> str:
+    """A method's own column, or a diagnostic one (a gain carries its sign)."""
+    if pd.isna(value):
+        return missing
+    return f"{value:+.1f}" if column == OPTIMISM else f"{value:.1f}"
 
 
 def _fmt_params(millions) -> str:
@@ -300,7 +388,7 @@ def display_frame(report: Report, with_comparison: bool = True) -> pd.DataFrame:
         if col == PARAMS:
             out[col] = [_fmt_params(v) for v in report.mean[col]]
         elif col in report.extra_columns:
-            out[col] = [MISSING if pd.isna(v) else f"{v:.1f}" for v in report.mean[col]]
+            out[col] = [fmt_extra(col, v) for v in report.mean[col]]
         elif col in report.tasks:
             out[col] = [_fmt(report.mean.loc[m, col], report.std.loc[m, col]) for m in report.mean.index]
         else:
