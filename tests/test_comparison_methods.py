@@ -46,7 +46,9 @@ def test_the_formulas_give_the_published_counts_on_vit_b16():
     expected = [("lora", {}, 294_912), ("lora", {"targets": "qkv"}, 294_912), ("bitfit", {}, 102_912),
                 ("ssf", {}, 205_824), ("adapter", {}, 156_768), ("adapter-houlsby", {}, 313_536 + 38_400),
                 ("adaptformer", {}, 1_189_632), ("adaptformer", {"dim": 8}, 156_768),
-                ("vpt-deep", {}, 92_160), ("vpt-shallow", {}, 7_680), ("lion", {}, 51_995)]
+                ("vpt-deep", {}, 92_160), ("vpt-shallow", {}, 7_680), ("lion", {}, 51_995),
+                ("repadapter", {}, 239_808), ("fact-tt", {}, 21_504), ("fact-tt", {"r": 4}, 8_448),
+                ("fact-tk", {}, 86_528), ("fact-tk", {"r": 8}, 13_952), ("convpass", {}, 327_552)]
     head = 768 * 100 + 100
     for name, overrides, count in expected:
         m = get_method(name)
@@ -72,7 +74,9 @@ def test_lora_on_q_and_v_leaves_the_k_rows_of_qkv_as_they_were():
         assert not torch.allclose(out[..., 2 * d:], ref[..., 2 * d:])
 
 
-@pytest.mark.parametrize("name, overrides", [("lora", {}), ("lora", {"targets": "qkv"}), ("ssf", {})])
+@pytest.mark.parametrize("name, overrides", [("lora", {}), ("lora", {"targets": "qkv"}), ("ssf", {}),
+                                             ("repadapter", {}), ("repadapter", {"groups": 1, "scale": 3.0}),
+                                             ("fact-tt", {"scale": 5.0}), ("fact-tk", {"scale": 5.0, "r": 4})])
 def test_a_merged_model_is_the_plain_backbone_and_gives_the_same_outputs(name, overrides):
     model = trained(name, **overrides)
     model.eval()
@@ -90,11 +94,12 @@ def test_a_merged_model_is_the_plain_backbone_and_gives_the_same_outputs(name, o
 
 
 def test_methods_that_cannot_merge_say_so():
-    for name in ("adapter", "adaptformer", "vpt-deep", "lion"):
+    for name in ("adapter", "adaptformer", "vpt-deep", "lion", "convpass"):
         assert build(name)[0].merged() is None, name
 
 
-@pytest.mark.parametrize("name", ["lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer"])
+@pytest.mark.parametrize("name", ["lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer", "repadapter",
+                                  "fact-tt", "fact-tk", "convpass"])
 def test_drop_path_is_on_while_these_methods_train_and_off_when_they_evaluate(name):
     model, hp = build(name, tiny_vit(drop_path=hp_drop_path(name)))
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -148,3 +153,26 @@ def test_targets_that_are_not_there_are_refused_naming_the_module():
     del vit.blocks[2].mlp
     with pytest.raises(UserError, match=r"blocks.2 of this VisionTransformer has none"):
         build("adapter", vit)
+
+
+def test_convpass_needs_a_square_grid_and_one_class_token_and_sees_its_neighbours():
+    from bench.errors import UserError
+
+    with pytest.raises(UserError, match="3 prefix tokens"):
+        build("convpass", timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16,
+                                            patch_size=4, embed_dim=24, depth=1, num_heads=2, reg_tokens=2))
+    with pytest.raises(UserError, match=r"patch grid is \(4, 2\)"):
+        build("convpass", timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                                            img_size=(16, 8), patch_size=4, embed_dim=24, depth=1, num_heads=2))
+    # the bypass of one block, alone: a change to one patch token moves its grid neighbours and
+    # no token further away (a 3x3 convolution); the class token sees only itself
+    model = trained("convpass", scale=2.0)
+    bypass = model.bypasses[0].eval()
+    x = torch.randn(1, 17, 24)
+    moved = x.clone()
+    moved[0, 1 + 5] += 1.0                                # patch (1, 1) of the 4x4 grid
+    with torch.no_grad():
+        diff = (bypass(moved, torch.zeros(1, 17, 24)) - bypass(x, torch.zeros(1, 17, 24))).abs().sum(-1)[0]
+    changed = {i - 1 for i in range(1, 17) if diff[i] > 1e-7}
+    neighbours = {r * 4 + c for r in range(3) for c in range(3)}  # rows 0-2, columns 0-2
+    assert changed <= neighbours and 5 in changed and diff[0] == 0
