@@ -450,3 +450,17 @@ def test_report_diagnostic_and_compare_in_latex_from_the_command_line(store, tmp
     assert (out / "vtab1k_final_a_vs_b.tex").read_text().startswith("\\begin{table}")
     assert (out / "vtab1k_final_a_vs_b.md").is_file()
     assert "Best test epoch (groups)" in (out / "vtab1k_final.tex").read_text()
+
+
+def test_the_published_rows_of_repadapter_fact_and_convpass_give_their_papers_means():
+    """The averages the sources state (methods-next.md): the per-task rows carried reproduce them."""
+    from bench.reports.table import published_frame
+
+    frame, labels = published_frame(VTAB)
+    expected = {"repadapter (published, RepAdapter paper†)": 76.09, "fact-tt (published, FacT paper†)": 75.34,
+                "fact-tk (published, FacT paper†)": 75.55, "convpass (published, Convpass report†)": 76.56,
+                "convpass (published, PETL_Vision rerun†)": 76.35}
+    for name, mean in expected.items():
+        assert frame.loc[name, GROUPS] == pytest.approx(mean, abs=0.006), name
+        assert labels.loc[name, "selection"]  # every row says how its number was chosen
+    assert labels.loc["fact-tt (published, FacT paper†)", "selection"].startswith("best test accuracy")
