@@ -69,6 +69,7 @@ class Request:
     compile: bool = False
     checkpoint_interval: float = 120.0
     eval_every: int = 0              # final stage: a diagnostic test evaluation every N epochs
+    keep_weights: bool = False       # keep each run's trained state beside its record
     plugins: list[str] = field(default_factory=list)
     executor: str = "local"
     executor_options: Any = None
@@ -182,7 +183,7 @@ def preflight(req: Request, progress=None) -> Campaign:
     store.check_writable()
     opts = EngineOptions(device=device or "auto", workers=req.workers, compile=req.compile,
                          checkpoint_interval=req.checkpoint_interval, protocol=protocol,
-                         eval_every=req.eval_every)
+                         eval_every=req.eval_every, keep_weights=req.keep_weights)
     context = JobContext(
         suite_path=str(Path(suite.path).resolve()), data_root=str(Path(root).resolve()),
         results=str(store.root.resolve()) if not executor.in_process else str(store.root),

@@ -130,7 +130,7 @@ def cmd_run(args) -> int:
                   data_root=args.data_root, backbone=args.backbone, checkpoint=args.checkpoint,
                   overrides=args.set or [], force=args.force, results=args.results, device=args.device,
                   threads=args.threads, workers=args.workers, precision=args.precision, compile=args.compile,
-                  checkpoint_interval=args.checkpoint_interval, eval_every=args.eval_every, plugins=args.plugin or [],
+                  checkpoint_interval=args.checkpoint_interval, eval_every=args.eval_every, keep_weights=args.keep_weights, plugins=args.plugin or [],
                   executor=args.executor, executor_options=options, wait=args.wait,
                   command="bench " + " ".join(sys.argv[1:]))
     view = RunView(args.quiet)
@@ -394,6 +394,25 @@ def cmd_report(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- data check
+def cmd_export(args) -> int:
+    from .export import export
+    from .store import Store
+    from .suite import load_suite
+
+    _load_plugins(args)
+    suite = load_suite(args.suite)
+    store = Store(args.results)
+    if not store.root.is_dir():
+        raise UserError(f"--results {store.root} is not a results folder")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    for path in export(store, suite, args.method, args.task, args.seed, args.stage, out, args.merge):
+        console.print(f"wrote {path}")
+    _problems(store)
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from rich.table import Table
 
@@ -488,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final stage: also record top-1 on the test split every N epochs, as a diagnostic "
                         "that nothing selects on (`bench report --diagnostic`); runs already recorded are "
                         "not rerun (add --force)")
+    r.add_argument("--keep-weights", action="store_true",
+                   help="keep each run's trained state (what the method trains, as safetensors) beside its "
+                        "record, for `bench export`; runs already recorded are not rerun (add --force)")
     results_opt(r)
     c = r.add_argument_group("cluster (see the README's Cluster section)")
     c.add_argument("--executor", default="local",
@@ -549,6 +571,21 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_opt(rp)
     results_opt(rp)
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write what one run trained (bench run --keep-weights) as safetensors, "
+                                       "or with --merge a plain timm checkpoint")
+    ex.add_argument("--suite", required=True)
+    ex.add_argument("--method", required=True)
+    ex.add_argument("--task", required=True, help="a task name or alias")
+    ex.add_argument("--seed", type=int, help="the run's seed (needed when the task has records of several)")
+    ex.add_argument("--stage", default="final")
+    ex.add_argument("--out", required=True, help="folder for the files")
+    ex.add_argument("--merge", action="store_true",
+                    help="also fold the update into the backbone: a timm checkpoint with the head (LoRA, SSF, "
+                         "RepAdapter, FacT)")
+    plugin_opt(ex)
+    results_opt(ex)
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

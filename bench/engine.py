@@ -57,6 +57,8 @@ class EngineOptions:
     # final stage: also evaluate on the evaluation split every this many epochs, kept in the curve
     # as a diagnostic that nothing selects on (0: only after the last epoch)
     eval_every: int = 0
+    # return the trained state (what the method trains) for `bench run --keep-weights`
+    keep_weights: bool = False
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -331,4 +333,7 @@ def run(spec: RunSpec, suite: Suite, data_root, opts: EngineOptions) -> dict[str
         "resumed_from_epoch": start_epoch,
         **{k: v for k, v in method_metrics.items() if k not in counts},
     }
-    return {"metrics": metrics, "curve": curve, "method_metrics": method_metrics}
+    out = {"metrics": metrics, "curve": curve, "method_metrics": method_metrics}
+    if opts.keep_weights:
+        out["trainable_state"] = model.trainable_state_dict()
+    return out

@@ -47,6 +47,22 @@ def is_done(store: Store, spec: RunSpec, force_since: str | None = None) -> bool
         return False
 
 
+def save_weights(path: Path, state: dict) -> Path:
+    """The trained state as safetensors, written to a temporary file and renamed, so a reader
+    never sees half of it."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from .store import _umask
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())  # readable as the records are, for a labmate sharing the root
+    os.replace(tmp, path)
+    return path
+
+
 def selection_rule(spec: RunSpec, suite: Suite, protocol: str) -> dict[str, str | None]:
     """How this run's number was chosen, as its record states it: always the top-1 after the last
     epoch; hyperparameters given (the suite's and --set), or one point of the tune grid (the tune
@@ -88,6 +104,9 @@ def execute_spec(spec: RunSpec, suite: Suite, data_root: Path, store: Store, opt
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=20))
     else:
+        state = out.pop("trainable_state", None)
+        if state is not None:
+            record["weights_file"] = save_weights(store.weights_path(spec), state).name
         record.update(status="ok", error=None, **out)
     record["finished_at"] = now()
     record["selection"] = selection_rule(spec, suite, opts.protocol)

@@ -86,6 +86,10 @@ class Store:
     def checkpoint_path(self, spec: RunSpec) -> Path:
         return self.cell_dir(spec) / f"{spec.run_id}.ckpt"
 
+    def weights_path(self, spec: RunSpec) -> Path:
+        """The trainable state `bench run --keep-weights` keeps beside the run's record."""
+        return self.cell_dir(spec) / f"{spec.run_id}.safetensors"
+
     def lock_path(self, spec: RunSpec) -> Path:
         return self.cell_dir(spec) / f"{spec.run_id}.lock"
 
