@@ -141,6 +141,8 @@ class Method:
     backbones: str = "vit"
     # extra report columns: label -> record metrics averaged into it (e.g. LION's solver iterations)
     report_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # what every report with this method's rows must say about them (e.g. NOAH: whose search)
+    report_note: str = ""
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -170,7 +172,7 @@ def register_method(name: str, *, defaults: dict[str, Any] | None = None,
                     summary: str = "", paper: str = "", formula: Callable[..., int] | None = None,
                     grid: dict[str, list[Any]] | None = None, identity_at_init: bool = False,
                     head_only: bool = False, backbones: str = "vit",
-                    report_columns: dict[str, tuple[str, ...]] | None = None):
+                    report_columns: dict[str, tuple[str, ...]] | None = None, report_note: str = ""):
     """Decorate `build(backbone, num_classes, hparams) -> PeftModel` to register a method.
 
     `settings`: the method's own hyperparameters, typed (`Setting`); `defaults`: new defaults
@@ -197,7 +199,8 @@ def register_method(name: str, *, defaults: dict[str, Any] | None = None,
             name=name, build=build, settings=declared, aliases=tuple(aliases),
             summary=summary or (build.__doc__ or "").strip().split("\n")[0], paper=paper,
             origin=origin_of(build), formula=formula, grid=grid, identity_at_init=identity_at_init,
-            head_only=head_only, backbones=backbones, report_columns=dict(report_columns or {})),
+            head_only=head_only, backbones=backbones, report_columns=dict(report_columns or {}),
+            report_note=report_note),
             aliases=tuple(aliases), origin=origin_of(build))
         return build
     return wrap

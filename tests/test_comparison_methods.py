@@ -99,7 +99,7 @@ def test_methods_that_cannot_merge_say_so():
 
 
 @pytest.mark.parametrize("name", ["lora", "bitfit", "ssf", "adapter", "adapter-houlsby", "adaptformer", "repadapter",
-                                  "fact-tt", "fact-tk", "convpass"])
+                                  "fact-tt", "fact-tk", "convpass", "noah"])
 def test_drop_path_is_on_while_these_methods_train_and_off_when_they_evaluate(name):
     model, hp = build(name, tiny_vit(drop_path=hp_drop_path(name)))
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -176,3 +176,63 @@ def test_convpass_needs_a_square_grid_and_one_class_token_and_sees_its_neighbour
     changed = {i - 1 for i in range(1, 17) if diff[i] > 1e-7}
     neighbours = {r * 4 + c for r in range(3) for c in range(3)}  # rows 0-2, columns 0-2
     assert changed <= neighbours and 5 in changed and diff[0] == 0
+
+
+@pytest.mark.slow
+def test_noah_retrains_the_subnets_noah_committed_with_their_parameter_counts():
+    """The 19 committed subnets on ViT-B/16: 287,278 to 431,686 parameters, mean 360,134
+    (methods-next.md), the vtab1k suite naming each task's own."""
+    from bench.suite import load_suite
+
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    m = get_method("noah")
+    suite = load_suite("vtab1k")
+    head = 768 * 100 + 100
+    counts = []
+    for task in suite.tasks:
+        assert task.hparams["noah"]["subnet"] == task.name
+        counts.append(m.formula(vit, 100, {**m.defaults, "subnet": task.name}) - head)
+    assert (min(counts), max(counts)) == (287_278, 431_686)
+    assert sum(counts) / len(counts) == pytest.approx(360_134.26, abs=0.01)
+    model = m.build(copy.deepcopy(vit), 100, {**m.defaults, "subnet": "dtd"})
+    assert model.param_counts()["trainable_params_no_head"] == m.formula(vit, 100, {**m.defaults, "subnet": "dtd"}) - head
+
+
+def test_noah_gives_each_block_the_prompts_rank_and_width_of_its_subnet():
+    from bench.errors import UserError
+
+    # NOAH's DTD subnet (experiments/NOAH/subnet/VTAB/ViT-B_prompt_dtd.yaml, RETRAIN)
+    prompts = [10, 5, 1, 1, 5, 10, 5, 1, 1, 5, 1, 1]
+    widths = [1, 1, 1, 10, 1, 1, 10, 10, 10, 10, 10, 1]
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=4,
+                            embed_dim=24, depth=12, num_heads=2)
+    model, _ = build("noah", vit, subnet="dtd")
+    assert model.sizes["prompt"] == prompts and model.sizes["lora"] == prompts and model.sizes["adapter"] == widths
+    assert [a.down.out_features for a in model.adapters] == widths
+    assert [d.A["qkv"].out_features for d in model.loras] == prompts  # one A for q, k and v
+    seen = []
+    for block in vit.blocks:  # registered after the method's hooks: sees the tokens with the prompts
+        block.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    assert seen == [17 + p for p in prompts]  # the CLS and 16 patch tokens, then this block's prompts
+    with pytest.raises(UserError, match="has 12 layers .* this backbone has 3 blocks"):
+        build("noah", subnet="dtd")
+
+
+def test_a_report_with_noah_rows_says_whose_search_chose_them(tmp_path):
+    from bench.reports.table import build_report
+    from bench.spec import RunSpec
+    from bench.store import Store
+    from bench.suite import load_suite
+
+    suite = load_suite("vtab1k")
+    store = Store(tmp_path)
+    s = RunSpec(suite="vtab1k", task="dtd", method="noah", seed=1, stage="final", backbone="vit_base_patch16_224",
+                checkpoint=None, image_size=224, hparams={"lr": 1e-3, "subnet": "dtd"})
+    store.write(s, {"run_id": s.run_id, "spec": s.to_dict(), "status": "ok", "finished_at": "2026-01-01",
+                    "metrics": {"top1": 70.0, "trainable_params": 1, "trainable_params_no_head": 1}})
+    notes = build_report(store, suite).notes
+    assert any(n.startswith("noah: retrains the per-task architecture") and "NOAH's own search" in n for n in notes)

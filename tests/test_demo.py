@@ -76,7 +76,8 @@ def test_the_demo_end_to_end_every_method_beats_chance_widely(tmp_path):
     results = tmp_path / "results"
     # every registered method on two of the demo's tasks, at a quarter of the demo's budget
     proc = bench("run", "--suite", "demo", "--methods", "all", "--tasks", "mnist,shapes_loc",
-                 "--results", str(results), "--quiet", "--set", "epochs=8", "--set", "warmup_epochs=1")
+                 "--results", str(results), "--quiet", "--set", "epochs=8", "--set", "warmup_epochs=1",
+                 timeout=1500)  # 32 runs: about 5 minutes on 2 free cores, far more on busy ones
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MNIST" in proc.stdout and "Location" in proc.stdout
     suite = load_suite("demo")

@@ -229,6 +229,7 @@ def build_report(store: Store, suite: Suite, stage: str = "final", compare_publi
     table[PARAMS] = params["trainable_params"].reindex(methods)
     table[PARAMS_NO_HEAD] = params["trainable_params_no_head"].reindex(methods)
     extra = method_columns(df, methods, table)
+    notes += method_notes(methods)
     if diagnostic:
         extra += diagnostic_columns(df, suite, table, notes)
     published = labels = None
@@ -319,6 +320,13 @@ def diagnostic_columns(df: pd.DataFrame, suite: Suite, table: pd.DataFrame, note
                      f"diagnostic that nothing selects on. {OPTIMISM}: how much higher that is than our last-epoch "
                      "mean of group means")
     return [BEST_EPOCH, OPTIMISM]
+
+
+def method_notes(methods: list[str]) -> list[str]:
+    """What the methods reported declare every report must say about their rows."""
+    from ..method import METHODS
+
+    return [f"{m}: {METHODS.get(m).report_note}" for m in methods if m in METHODS and METHODS.get(m).report_note]
 
 
 def method_columns(df: pd.DataFrame, methods: list[str], table: pd.DataFrame) -> list[str]:
