@@ -36,6 +36,7 @@ from bench.errors import UserError
 from bench.method import Setting, register_method
 from bench.methods.adapter import Bottleneck
 from bench.methods.lora import QKVDelta
+from bench.methods.vpt import _PromptHook  # calls model.with_prompts(tokens, block)
 from bench.model import PeftModel, check_cls_vit, freeze, make_head
 from bench.recipes import ADAMW, ADAMW_GRID
 from bench.targets import OutputHook, block_modules, fused_qkv
@@ -92,14 +93,6 @@ class NOAHModel(PeftModel):
             self._tokens = x.shape[1]
         prompts = self.prompt_dropout(self.prompts[block]).to(x.dtype).expand(x.shape[0], -1, -1)
         return torch.cat([x[:, :self._tokens], prompts], dim=1)
-
-
-class _PromptHook:
-    def __init__(self, model: NOAHModel, index: int):
-        self.model, self.index = model, index
-
-    def __call__(self, module, args):
-        return (self.model.with_prompts(args[0], self.index), *args[1:])
 
 
 def trainable_params(backbone, num_classes, hp) -> int:
