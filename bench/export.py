@@ -42,7 +42,7 @@ def find_run(store: Store, suite: Suite, method: str, task: str, seed: int | Non
     return max(chosen, key=lambda r: r.get("finished_at", ""))
 
 
-def rebuild(record: dict, suite: Suite, store: Store):
+def rebuild(record: dict, suite: Suite):
     """The run's model with its trained state loaded, and the mean and std it normalised with."""
     from safetensors.torch import load_file
 
@@ -69,7 +69,7 @@ def export(store: Store, suite: Suite, method: str, task: str, seed: int | None,
     from safetensors.torch import save_file
 
     record = find_run(store, suite, method, task, seed, stage)
-    spec, model, _, _, weights = rebuild(record, suite, store)
+    spec, model, _, _, weights = rebuild(record, suite)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{suite.name}_{spec.method}_{spec.task}_seed{spec.seed}"
     written = [stem.with_suffix(".safetensors")]

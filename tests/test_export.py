@@ -39,7 +39,7 @@ def test_an_export_reproduces_the_runs_accuracy_and_its_merge_loads_in_timm(kept
     assert about["run_id"] == record["run_id"] and about["metrics"]["top1"] == record["metrics"]["top1"]
     root = resolve_data_root(DEMO, None)
     # the trained state, loaded into the method's model: the run's test top-1, exactly
-    spec, model, mean, std, _ = rebuild(record, DEMO, kept)
+    spec, model, mean, std, _ = rebuild(record, DEMO)
     assert evaluation_top1(model, spec, DEMO, root, mean, std) == record["metrics"]["top1"]
     # the merged checkpoint, as timm loads it: a plain ViT with the head, the same predictions
     # up to float rounding (the folded weights differ from the unfolded sums in the last bits)
