@@ -428,7 +428,7 @@ def cmd_data_check(args) -> int:
             "classes")
     for col in cols:
         table.add_column(col, justify="left" if col in ("task", "split") else "right")
-    problems, converted = [], []
+    problems, converted, warnings = [], [], []
     for task in tasks:
         try:
             rows = data_mod.check_task(suite, task, root, splits, decode=not args.no_decode)
@@ -444,15 +444,137 @@ def cmd_data_check(args) -> int:
                           f"{r['classes']}/{task.num_classes}", style=style)
             problems.extend(f"{r['task']}/{r['split']}: {p}" for p in r["problems"])
             converted.extend(f"{r['task']}/{r['split']}: {c}" for c in r.get("converted", []))
+        problems.extend(data_mod.class_coverage_problems(task, rows))
+        warnings.extend(data_mod.split_size_warnings(suite, task, rows))
     console.print(table)
     for line in converted:
         console.print(f"[yellow]converted[/]: {escape(line)}")
+    for line in warnings:
+        err_console.print(f"[yellow]warning[/]: {escape(line)}")
+    if args.manifest is not None:
+        problems.extend(_check_manifests(suite, tasks, root, args.manifest))
     for p in problems:
         err_console.print(f"[red]problem[/]: {escape(p)}")
     if problems:
         err_console.print(f"{len(problems)} problems found")
         return 1
-    console.print("[green]all splits readable[/]")
+    console.print("[green]all splits readable[/]" + (" and identical to the manifests, pixel for pixel"
+                                                     if args.manifest is not None else ""))
+    return 0
+
+
+SHOWN_DIFFERENCES = 20
+
+
+def _check_manifests(suite, tasks, root: Path, given: str) -> list[str]:
+    """Every image of each task compared with a manifest; the problems to report (at most
+    SHOWN_DIFFERENCES differences per task, all of them in manifest-differences.csv)."""
+    import csv
+
+    from . import data as data_mod
+    from .databuild.manifest import compare, manifest_for, read_manifest
+
+    problems, every = [], []
+    with _bars() as bars:
+        progress = _split_progress(bars)
+        for task in tasks:
+            try:
+                folder = data_mod.task_dir(suite, task, root)
+                path = manifest_for(folder, (task.folder_name, task.name, *task.aliases), given,
+                                    single_task=len(tasks) == 1)
+                entries = read_manifest(path)
+                tree = {}
+                for split in dict.fromkeys(e.split for e in entries):
+                    try:
+                        tree[split] = data_mod.read_split(suite, task, root, split, strict=False).items
+                    except UserError:
+                        pass  # reported by compare as a split the tree lacks
+                compared, diffs = compare(task.name, entries, tree, workers=data_mod.default_workers(),
+                                          progress=lambda t, d, n: progress(t, "manifest", d, n))
+            except UserError as exc:
+                problems.append(str(exc))
+                continue
+            console.print(f"{task.name}: {compared} images compared with {path}: "
+                          + ("[green]identical[/]" if not diffs else f"[red]{len(diffs)} differences[/]"))
+            problems.extend(d.line() for d in diffs[:SHOWN_DIFFERENCES])
+            if len(diffs) > SHOWN_DIFFERENCES:
+                problems.append(f"{task.name}: and {len(diffs) - SHOWN_DIFFERENCES} more differences "
+                                "(all listed in manifest-differences.csv)")
+            every.extend(diffs)
+    if len(every) > SHOWN_DIFFERENCES:
+        out = Path("manifest-differences.csv")
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(("task", "split", "index", "difference", "detail"))
+            w.writerows((d.task, d.split, d.index, d.what, d.detail) for d in every)
+        console.print(f"every difference: {out.resolve()}")
+    return problems
+
+
+def _bars():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _split_progress(bars):
+    """A progress callback with one bar per (task, split)."""
+    ids = {}
+
+    def update(task, split, done, total):
+        key = (task, split)
+        if key not in ids:
+            ids[key] = bars.add_task(f"{task} {split}", total=total or None)
+        bars.update(ids[key], completed=done, total=total or None)
+    return update
+
+
+def cmd_data_build(args) -> int:
+    from rich.table import Table
+
+    from .suite import load_suite
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    suite = load_suite(args.build_what)
+    tasks = [t.name for t in suite.select_tasks(args.tasks.split(",") if args.tasks else None)]
+    if args.build_what == "vtab1k":
+        from .databuild import vtab1k
+
+        if args.workers < 1:
+            raise UserError(f"--workers {args.workers}: pass a positive number of threads")
+        tfds_dir = Path(args.tfds_dir).expanduser() if args.tfds_dir else None
+        with _bars() as bars:
+            results = vtab1k.build(out, tasks, tfds_dir, args.format, args.workers,
+                                   progress=_split_progress(bars), log=bars.console.print)
+    else:
+        from .databuild import fgvc
+
+        with _bars() as bars:
+            results = fgvc.build(Path(args.raw).expanduser(), Path(args.splits).expanduser(), out, tasks,
+                                 copy=args.copy, progress=_split_progress(bars), log=bars.console.print)
+    table = Table(title=f"{suite.name} data built under {out}")
+    for col in ("task", "status", "images", "size", "time"):
+        table.add_column(col, justify="left" if col in ("task", "status") else "right")
+    style = {"built": "green", "present": "", "manual": "yellow", "failed": "red"}
+    for r in results:
+        table.add_row(r.task, r.status, str(r.images or "-"), f"{r.bytes / 2**20:.1f} MiB" if r.bytes else "-",
+                      f"{r.seconds:.0f} s" if r.seconds else "-", style=style.get(r.status, ""))
+    console.print(table)
+    for r in results:
+        for note in r.notes:
+            console.print(f"[yellow]note[/] {escape(r.task)}: {escape(note)}")
+    bad = [r for r in results if r.status in ("manual", "failed")]
+    for r in bad:
+        err_console.print(f"[red]{r.status}[/]: {escape(r.detail)}")
+    if bad:
+        err_console.print(f"{len(results) - len(bad)} of {len(results)} tasks are ready in {out}; "
+                          f"{len(bad)} need the steps above, then the same command again (built tasks are kept)")
+        return 1
+    console.print(f"[green]{len(results)} tasks ready[/] in {out}: bench data check --suite {suite.name} "
+                  f"--data-root {out} --manifest")
     return 0
 
 
@@ -594,7 +716,34 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--data-root", help="folder with the suite's task folders (the demo makes its own)")
     dc.add_argument("--tasks", help="comma-separated tasks (default: all)")
     dc.add_argument("--no-decode", action="store_true", help="check that images exist, do not decode them")
+    dc.add_argument("--manifest", nargs="?", const="", metavar="PATH",
+                    help="also compare every image, pixel for pixel, with a manifest: alone, each task's own "
+                         "manifest.csv; a folder of <task>/manifest.csv (another lab's); or one manifest.csv "
+                         "(with one --tasks)")
     dc.set_defaults(func=cmd_data_check)
+
+    db = dsub.add_parser("build", help="build a suite's data folders from their sources (VTAB-1k from "
+                         "TensorFlow Datasets, FGVC from the official archives)")
+    bsub = db.add_subparsers(dest="build_what", required=True, metavar="SUITE")
+    bv = bsub.add_parser("vtab1k", help="the 19 VTAB-1k tasks from TFDS (needs pip install -e \".[data]\")")
+    bv.add_argument("--out", required=True, help="folder for the task folders (the --data-root of bench run)")
+    bv.add_argument("--tasks", help="comma-separated tasks (default: all 19)")
+    bv.add_argument("--tfds-dir", help="TFDS's data folder: downloads, prepared datasets and the manual/ "
+                    "folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    bv.add_argument("--format", default="png", choices=["png", "jpeg"],
+                    help="png (default, lossless: the pixels TFDS holds) or jpeg (what NOAH's get_vtab1k.py "
+                         "writes: PIL's quality 75)")
+    bv.add_argument("--workers", type=int, default=2, help="threads encoding images (default 2)")
+    bv.set_defaults(func=cmd_data_build)
+    bf = bsub.add_parser("fgvc", help="the five FGVC datasets from their official archives and VPT's splits")
+    bf.add_argument("--raw", required=True, help="folder holding the extracted archives (one folder each)")
+    bf.add_argument("--splits", required=True, help="folder holding VPT's json split files, one folder per "
+                    "dataset")
+    bf.add_argument("--out", required=True, help="folder for the dataset folders (the --data-root of bench run)")
+    bf.add_argument("--tasks", help="comma-separated datasets (default: all five)")
+    bf.add_argument("--copy", action="store_true", help="copy the images (default: hard links where the "
+                    "file system allows, else copies)")
+    bf.set_defaults(func=cmd_data_build)
     return p
 
 

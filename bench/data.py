@@ -439,6 +439,7 @@ def check_task(suite: Suite, task: Task, root: Path, splits: list[str], decode: 
         row["bad_lines"] = len(items.bad_lines)
         row["problems"].extend(items.bad_lines[:3])
         counts = Counter(y for _, y in items.items)
+        row["labels"] = set(counts)
         row["classes"] = len(counts)
         row["min_per_class"] = min(counts.values()) if counts else 0
         row["max_per_class"] = max(counts.values()) if counts else 0
@@ -464,3 +465,28 @@ def check_task(suite: Suite, task: Task, root: Path, splits: list[str], decode: 
                         row["problems"].append(str(exc))
         rows.append(row)
     return rows
+
+
+def class_coverage_problems(task: Task, rows: list[dict]) -> list[str]:
+    """A task whose splits together show fewer classes than it declares is mislabelled or
+    truncated (a few images of a split cannot show every class, so splits are not judged alone)."""
+    seen = set().union(*(r.get("labels", set()) for r in rows)) if rows else set()
+    seen = {y for y in seen if 0 <= y < task.num_classes}
+    if not rows or not any(r["listed"] for r in rows) or len(seen) >= task.num_classes:
+        return []
+    absent = sorted(set(range(task.num_classes)) - seen)
+    shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+    return [f"{task.name}: the labels of its splits ({', '.join(r['split'] for r in rows)}) cover "
+            f"{len(seen)} of the {task.num_classes} classes the suite declares (never seen: {shown}); "
+            "check the split files, or the task's num_classes"]
+
+
+def split_size_warnings(suite: Suite, task: Task, rows: list[dict]) -> list[str]:
+    """Splits whose size differs from the suite's declared `split_sizes` (VTAB-1k: 800/200/1000)."""
+    return [f"{task.name}/{r['split']}: {r['listed']} images, the suite's protocol has "
+            f"{suite.split_sizes[r['split']]}" for r in rows
+            if r["split"] in suite.split_sizes and r["listed"] and r["listed"] != suite.split_sizes[r["split"]]]
+
+
+def default_workers() -> int:
+    return max(1, torch.get_num_threads())

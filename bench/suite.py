@@ -61,6 +61,7 @@ class Suite:
     interpolation: str = "bicubic"
     protocol: str = "fixed"
     hparams: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    split_sizes: dict[str, int] = field(default_factory=dict, hash=False, compare=False)  # `data check` warns on others
     grid: dict[str, dict[str, list]] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
@@ -85,7 +86,7 @@ _SUITE_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "groups": (list, False), "splits": (dict, True), "tasks": (list, True),
     "transform": (str, False), "hparams": (dict, False), "protocol": (str, False),
     "grid": (dict, False), "normalize": (str, False), "interpolation": (str, False),
-    "source": (str, False), "methods": (list, False),
+    "source": (str, False), "methods": (list, False), "split_sizes": (dict, False),
 }
 _TASK_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "name": (str, True), "group": (str, True), "num_classes": (int, True),
@@ -177,6 +178,10 @@ def parse_suite(data: dict, src: str) -> Suite:
             raise UserError(f"{src}: splits.{stage} must be [train split, eval split], got {pair!r}")
     if "final" not in splits:
         raise UserError(f"{src}: [splits] is missing the required key 'final'")
+    split_sizes = data.get("split_sizes", {})
+    for split, size in split_sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise UserError(f"{src}: split_sizes.{split} must be a positive integer, got {size!r}")
     groups = data.get("groups", [])
     tasks = []
     seen: dict[str, str] = {}
@@ -211,7 +216,7 @@ def parse_suite(data: dict, src: str) -> Suite:
                  splits={k: tuple(v) for k, v in splits.items()}, tasks=tuple(tasks),
                  transform=transform, source=source, methods=tuple(methods), normalize=normalize,
                  interpolation=interpolation,
-                 protocol=protocol, grid=grid,
+                 protocol=protocol, grid=grid, split_sizes=split_sizes,
                  hparams=_check_hparams(data.get("hparams", {}), "[hparams]", src),
                  path=src)
 

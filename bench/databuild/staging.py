@@ -1,0 +1,166 @@
+"""Writing one task folder so that a build can be killed at any moment.
+
+A task is written under `<out>/.building/<task>/` and renamed to `<out>/<task>/` only when all
+its splits, its `manifest.csv` and its `build.json` are there, so `bench run` (which looks for
+`<out>/<task>`) never sees half a task. Inside the staging folder each image is written to a
+temporary name and renamed, and each split's list is written last, so a split whose list exists
+is complete and an image file that exists is whole: a resumed build skips both.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .manifest import MANIFEST, Entry, bytes_sha256, pixel_sha256, read_manifest, write_manifest
+
+STAGING = ".building"
+BUILD_INFO = "build.json"
+IMAGE_FORMATS = {"png": "png", "jpeg": "jpg"}
+
+Progress = Callable[[str, str, int, int], None]   # (task, split, done, total)
+
+
+def encode(rgb: np.ndarray, fmt: str) -> bytes:
+    """PNG (lossless, zlib level 6) or JPEG as NOAH's get_vtab1k.py writes it: PIL's defaults
+    (quality 75, 4:2:0 chroma subsampling)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format=fmt.upper())
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def _batches(it: Iterable, n: int) -> Iterator[list]:
+    it = iter(it)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+class TaskWriter:
+    """One task folder of the `vtab1k-folder` layout, written resumably (see the module doc)."""
+
+    def __init__(self, out: Path, task: str, fmt: str, workers: int = 2):
+        if fmt not in IMAGE_FORMATS:
+            raise UserError(f"--format {fmt!r}: choose png (lossless) or jpeg")
+        self.task, self.fmt, self.ext = task, fmt, IMAGE_FORMATS[fmt]
+        self.final = out / task
+        self.staging = out / STAGING / task
+        self.workers = max(1, workers)
+        self.entries: dict[str, list[Entry]] = {}
+
+    # ------------------------------------------------------------------------------ state
+    def built(self) -> dict | None:
+        """The finished folder's build.json, or None when the task is not built."""
+        info = self.final / BUILD_INFO
+        if not (info.is_file() and (self.final / MANIFEST).is_file()):
+            return None
+        return json.loads(info.read_text(encoding="utf-8"))
+
+    def check_destination(self) -> None:
+        if self.final.exists() and self.built() is None:
+            raise UserError(f"{self.final} exists but was not written by `bench data build` (it has "
+                            f"no {BUILD_INFO} and {MANIFEST}); move it away or pass another --out")
+
+    def start(self, provenance: dict) -> bool:
+        """Prepare the staging folder; True when it resumes an earlier, interrupted build."""
+        marker = self.staging / ".provenance.json"
+        if self.staging.is_dir() and marker.is_file():
+            before = json.loads(marker.read_text(encoding="utf-8"))
+            if before == provenance:
+                return True
+            shutil.rmtree(self.staging)  # another source or format: start this task again
+        self.staging.mkdir(parents=True, exist_ok=True)
+        atomic_text(marker, json.dumps(provenance, sort_keys=True))
+        return False
+
+    def split_done(self, split: str) -> bool:
+        if split in self.entries:
+            return True
+        part = self.staging / f".{split}.{MANIFEST}"
+        if (self.staging / f"{split}.txt").is_file() and part.is_file():
+            self.entries[split] = read_manifest(part)
+            return True
+        return False
+
+    # ------------------------------------------------------------------------------ writing
+    def write_split(self, split: str, examples: Iterable[tuple[np.ndarray, int]], total: int,
+                    progress: Progress | None = None) -> list[Entry]:
+        """Write a split's images (skipping whole ones an interrupted build left), then its list."""
+        folder = self.staging / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def one(job) -> Entry:
+            index, (rgb, label) = job
+            rel = f"images/{split}/{index:06d}.{self.ext}"
+            path = self.staging / rel
+            if path.is_file():  # written whole by an earlier attempt (temp name, then rename)
+                from .manifest import file_sha256
+                sha = pixel_sha256(rgb) if self.fmt == "png" else file_sha256(path)
+            else:
+                data = encode(rgb, self.fmt)
+                sha = pixel_sha256(rgb) if self.fmt == "png" else bytes_sha256(data)
+                atomic_write(path, data)
+            return Entry(split, index, rel, int(label), sha)
+
+        entries: list[Entry] = []
+        with ThreadPoolExecutor(self.workers) as pool:
+            for batch in _batches(enumerate(examples), 64):
+                entries.extend(pool.map(one, batch))
+                if progress is not None:
+                    progress(self.task, split, len(entries), total)
+        self._write_list(split, entries)
+        return entries
+
+    def combine(self, split: str, parts: list[str]) -> list[Entry]:
+        """A split made of other splits' images in order (train800val200 = train800 + val200):
+        its list points at their files, nothing is copied."""
+        entries = [Entry(split, i, e.file, e.label, e.sha256)
+                   for i, e in enumerate(e for p in parts for e in self.entries[p])]
+        self._write_list(split, entries)
+        return entries
+
+    def _write_list(self, split: str, entries: list[Entry]) -> None:
+        write_manifest(self.staging / f".{split}.{MANIFEST}.tmp", entries)
+        os.replace(self.staging / f".{split}.{MANIFEST}.tmp", self.staging / f".{split}.{MANIFEST}")
+        atomic_text(self.staging / f"{split}.txt", "".join(f"{e.file} {e.label}\n" for e in entries))
+        self.entries[split] = entries
+
+    def finish(self, splits: list[str], info: dict) -> Path:
+        """Write manifest.csv and build.json, then move the task into place."""
+        write_manifest(self.staging / MANIFEST, (e for s in splits for e in self.entries[s]))
+        info = {**info, "format": self.fmt, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "splits": {s: len(self.entries[s]) for s in splits}}
+        atomic_text(self.staging / BUILD_INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        for leftover in self.staging.glob(".*"):
+            if leftover.is_file():
+                leftover.unlink()
+        if self.final.exists():
+            raise UserError(f"{self.final} appeared while this build ran; its build is in {self.staging}")
+        os.replace(self.staging, self.final)
+        try:
+            self.staging.parent.rmdir()  # .building, once no other task is in it
+        except OSError:
+            pass
+        return self.final
