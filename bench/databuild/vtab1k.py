@@ -252,12 +252,34 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)
 
 
+def url_files(builder) -> list[tuple[str, int, str]]:
+    """(url, bytes, file name) of what TFDS downloads for a dataset, from the checksum file TFDS
+    ships beside the dataset's code (`builder.url_infos` needs importlib_resources on some
+    installs, so the file is read directly)."""
+    import inspect
+
+    module = Path(inspect.getsourcefile(type(builder)))
+    candidates = [module.parent / "checksums.tsv"]
+    root = next((p for p in module.parents if p.name == "tensorflow_datasets"), None)
+    if root is not None:
+        candidates.append(root / "url_checksums" / f"{builder.name}.txt")
+    for path in candidates:
+        if path.is_file():
+            rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and not line.startswith("#")]
+            return [(r[0], int(r[1]), r[3] if len(r) > 3 else r[0].rsplit("/", 1)[-1]) for r in rows
+                    if len(r) >= 3]
+    return []
+
+
 def _download_help(builder, manual_dir: Path) -> str:
-    infos = builder.url_infos or {}
-    lines = [f"  {url} -> {manual_dir / info.filename} ({info.size / 2**20:.0f} MiB)"
-             for url, info in sorted(infos.items()) if getattr(info, "filename", None)]
-    if not lines:
+    try:
+        files = url_files(builder)
+    except Exception:  # noqa: BLE001 - help text only; the failure itself is already reported
+        files = []
+    if not files:
         return ""
+    lines = [f"  {url} -> {manual_dir / name} ({size / 2**20:,.0f} MiB)" for url, size, name in files]
     return ("\n  if the site is down, fetch these files by other means and place them as shown "
             "(TFDS uses a file of that name in the manual folder instead of downloading it):\n"
             + "\n".join(lines))
@@ -353,5 +375,8 @@ def build(out: Path, task_names: list[str], tfds_dir: Path | None, fmt: str, wor
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in task_names:
-        results.append(build_task(tfds, task_row(name), out, tfds_dir, fmt, workers, progress, log))
+        try:
+            results.append(build_task(tfds, task_row(name), out, tfds_dir, fmt, workers, progress, log))
+        except UserError as exc:  # this task's problem: report it, build the others
+            results.append(TaskResult(name, "failed", str(exc)))
     return results
