@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,3 +410,18 @@ def test_a_split_size_that_is_not_a_count_is_refused(tmp_path):
     data["split_sizes"] = {"train800": "800"}
     with pytest.raises(UserError, match="split_sizes.train800 must be a positive integer"):
         parse_suite(data, "toy.toml")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["vtab1k", "--out", "{file}"], "--out {file} is a file; pass a folder"),
+    (["vtab1k", "--out", "{dir}", "--tasks", "cifar,imagenet"], "unknown task 'imagenet' in suite 'vtab1k'"),
+    (["vtab1k", "--out", "{dir}", "--workers", "0"], "--workers 0: pass a positive number of threads"),
+    (["fgvc", "--raw", "{dir}/nope", "--splits", "{dir}", "--out", "{dir}"], "--raw {dir}/nope is not a folder"),
+])
+def test_bad_build_arguments_get_one_clear_error(tmp_path, capsys, argv, message):
+    (tmp_path / "f.txt").write_text("x")
+    fill = {"file": str(tmp_path / "f.txt"), "dir": str(tmp_path)}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "build", *[a.format(**fill) for a in argv]])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and message.format(**fill) in err and "Traceback" not in err

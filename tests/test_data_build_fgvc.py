@@ -138,7 +138,7 @@ def test_missing_images_and_a_missing_cars_annos_mat_are_named(tmp_path, capsys)
     (raw / "cars_annos.mat").unlink()
     assert _build(raw, splits, out, "--tasks", "cub,cars") == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert f"cub: 1 of 12 images the split files list are missing" in err and gone in err
+    assert "cub: 1 of 12 images the split files list are missing" in err and gone in err
     assert "not cars_annos.mat anywhere under it" in err and "Traceback" not in err
     assert not (out / "CUB_200_2011").exists() and not (out / "Stanford-cars").exists()
 
