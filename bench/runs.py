@@ -54,11 +54,11 @@ def save_weights(path: Path, state: dict) -> Path:
 
     from safetensors.torch import save_file
 
-    from .store import _umask
+    from .store import file_mode
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
-    os.chmod(tmp, 0o666 & ~_umask())  # readable as the records are, for a labmate sharing the root
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
     return path
 

@@ -383,10 +383,12 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode of a file the user creates (0666 less the umask): what records and kept weights
+    get, so a labmate sharing the results root can read them (mkstemp alone would leave 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -395,7 +397,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=False, default=str)
             f.flush()

@@ -74,15 +74,18 @@ def test_the_committed_weights_are_really_pretrained(demo, tmp_path):
 @pytest.mark.slow
 def test_the_demo_end_to_end_every_method_beats_chance_widely(tmp_path):
     results = tmp_path / "results"
-    # every registered method on two of the demo's tasks, at a quarter of the demo's budget
-    proc = bench("run", "--suite", "demo", "--methods", "all", "--tasks", "mnist,shapes_loc",
+    # every registered method on one demo task, at a quarter of the demo's budget: a structured
+    # one (the position of a shape, not its look, is the class), the harder kind for a frozen
+    # backbone; one task rather than two keeps CI under 20 minutes (benchmarks/demo_table.py
+    # runs every method on every demo task)
+    proc = bench("run", "--suite", "demo", "--methods", "all", "--tasks", "shapes_loc",
                  "--results", str(results), "--quiet", "--set", "epochs=8", "--set", "warmup_epochs=1",
-                 timeout=1500)  # 32 runs: about 5 minutes on 2 free cores, far more on busy ones
+                 timeout=1500)  # 16 runs: about 2.5 minutes on 2 free cores, far more on busy ones
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "MNIST" in proc.stdout and "Location" in proc.stdout
+    assert "Location" in proc.stdout
     suite = load_suite("demo")
     records = [json.loads(p.read_text()) for p in record_files(results)]
-    assert len(records) == len(select_methods("all")) * 2
+    assert len(records) == len(select_methods("all"))
     for rec in records:
         task = suite.task(rec["spec"]["task"])
         chance = 100.0 / task.num_classes
