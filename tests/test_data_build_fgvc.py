@@ -110,6 +110,16 @@ def test_cub_and_car_ims_build_into_the_layout_the_fgvc_suite_reads(tmp_path, ca
     assert (out / "CUB_200_2011" / "images" / next(iter(cub))).stat().st_ino == \
         (raw / "CUB_200_2011" / "images" / next(iter(cub))).stat().st_ino
     assert not (out / ".building").exists()
+    # the manifest agrees with the tree as bench reads it, and notices a changed image
+    from bench.databuild.manifest import compare, read_manifest
+    manifest = read_manifest(out / "CUB_200_2011" / "manifest.csv")
+    tree = {s: read_split(suite, suite.task("cub"), out, s).items for s in ("train", "val", "test")}
+    listed = sum(len(items) for items in tree.values())  # the toy splits share an image
+    assert len(manifest) == listed and compare("cub", manifest, tree) == (listed, [])
+    changed = tree["val"][0][0]
+    changed.unlink()  # a hard link: replace it, leaving the archive's file alone
+    _jpg(changed, 7)
+    assert [(d.split, d.index, d.what) for d in compare("cub", manifest, tree)[1]] == [("val", 0, "pixels")]
     # built datasets are kept by the next run
     assert _build(raw, splits, out, "--tasks", "cub") == 0
     assert "present" in capsys.readouterr().out

@@ -5,8 +5,8 @@ relative to each dataset's image folder (VPT's `get_imagedir`): `CUB_200_2011/im
 `nabirds/images/`, the `OxfordFlower/` folder, `Stanford-dogs/Images/` and the `Stanford-cars/`
 folder (keys `car_ims/000001.jpg`, the numbering of the original all-in-one release). The build
 finds, under `--raw`, the folder in which the split files' paths exist; links (or copies) every
-listed image into `<out>/<dataset>/`; copies the split files beside them; and refuses a dataset
-with a listed image missing.
+listed image into `<out>/<dataset>/`; copies the split files beside them; writes a manifest.csv
+(`bench.databuild.manifest`); and refuses a dataset with a listed image missing.
 
 Stanford Cars' official site is gone, and the copies found today mostly hold the other release:
 `cars_train/00001.jpg` and `cars_test/00001.jpg` (torchvision's layout; Kaggle's copy nests them as
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .manifest import MANIFEST, Entry, file_sha256, write_manifest
 from .staging import STAGING, atomic_text
 from .vtab1k import TaskResult
 
@@ -207,6 +208,27 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
     os.replace(tmp, dst)
 
 
+def _manifest(d: FgvcDataset, staging: Path, splits: dict[str, dict[str, int]], progress=None) -> list[Entry]:
+    """The manifest rows of a built dataset, labelled as the fgvc-json format reads them (class
+    ids mapped to 0..C-1 over all splits) and indexed in the split files' order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..formats.fgvc_json import class_map
+
+    mapping = class_map(staging)
+    prefix = f"{d.image_dir}/" if d.image_dir else ""
+    rows = [(s, i, prefix + k, mapping[int(cid)]) for s in SPLIT_FILES
+            for i, (k, cid) in enumerate(splits[s].items())]
+    files = list(dict.fromkeys(r[2] for r in rows))
+    hashes = {}
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        for n, (f, sha) in enumerate(zip(files, pool.map(lambda f: file_sha256(staging / f), files)), 1):
+            hashes[f] = sha
+            if progress is not None and (n % 500 == 0 or n == len(files)):
+                progress(d.task, "manifest", n, len(files))
+    return [Entry(s, i, f, y, hashes[f]) for s, i, f, y in rows]
+
+
 def build_dataset(d: FgvcDataset, raw: Path, splits_root: Path, out: Path, copy: bool,
                   names: tuple[str, ...], progress=None, log=print) -> TaskResult:
     t0 = time.perf_counter()
@@ -247,6 +269,7 @@ def build_dataset(d: FgvcDataset, raw: Path, splits_root: Path, out: Path, copy:
             progress(d.task, "images", i, len(keys))
     for s in SPLIT_FILES:
         shutil.copyfile(split_dir / f"{s}.json", staging / f"{s}.json")
+    write_manifest(staging / MANIFEST, _manifest(d, staging, splits, progress))
     info = {"task": d.task, "source": "official archives + VPT splits", "splits_from": str(split_dir),
             "images_from": found, "linked": not copy, "splits": {s: len(splits[s]) for s in SPLIT_FILES}}
     atomic_text(staging / "build.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
