@@ -11,6 +11,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import torch  # noqa: E402
 
+# torchvision pulls in torch's compiler stack and Triton's native library; loaded after
+# TensorFlow (the data-build tests load it), that library crashes the interpreter, so every test
+# process loads it first
+import bench.data  # noqa: E402, F401
+
 from helpers import TOY_SUITE, write_vtab_task  # noqa: E402
 
 torch.set_num_threads(2)

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError, UserError
+from ..images import open_image, to_rgb
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("split", "index", "file", "label", "sha256")
@@ -50,18 +52,12 @@ def pixel_sha256(rgb: np.ndarray) -> str:
 
 def file_sha256(path: Path) -> str:
     """The manifest's hash of an image file, decoded as `bench run` decodes it."""
-    from ..data import open_image
-
     img, _ = open_image(path)
     return pixel_sha256(np.asarray(img))
 
 
 def bytes_sha256(data: bytes) -> str:
     """The manifest's hash of an encoded image held in memory (a JPEG before it is written)."""
-    from PIL import Image
-
-    from ..data import to_rgb
-
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return pixel_sha256(np.asarray(to_rgb(img)[0]))

@@ -20,9 +20,11 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import UserError
-from .manifest import MANIFEST, Entry, bytes_sha256, pixel_sha256, read_manifest, write_manifest
+from .manifest import (MANIFEST, Entry, bytes_sha256, file_sha256, pixel_sha256, read_manifest,
+                       write_manifest)
 
 STAGING = ".building"
 BUILD_INFO = "build.json"
@@ -35,8 +37,6 @@ def encode(rgb: np.ndarray, fmt: str) -> bytes:
     """PNG (lossless; zlib level 1: on photographs about 10% larger than PIL's default level 6 and
     4-5x faster, benchmarks/data_build.py) or JPEG as NOAH's get_vtab1k.py writes it: PIL's
     defaults (quality 75, 4:2:0 chroma subsampling)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     if fmt == "png":
@@ -121,7 +121,6 @@ class TaskWriter:
             rel = f"images/{split}/{index:06d}.{self.ext}"
             path = self.staging / rel
             if path.is_file():  # written whole by an earlier attempt (temp name, then rename)
-                from .manifest import file_sha256
                 sha = pixel_sha256(rgb) if self.fmt == "png" else file_sha256(path)
             else:
                 data = encode(rgb, self.fmt)

@@ -286,7 +286,11 @@ def _download_help(builder, manual_dir: Path) -> str:
 
 
 def _examples(tfds, builder, task: VtabTask, split: str):
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    # one file at a time, so images come in TFDS's example order: a split's list is the same
+    # whatever TFDS's default interleaving (16 files at once since TFDS 4) and its manifest
+    # indices are the TFDS indices from the split's start
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
     for ex in tfds.as_numpy(ds):
         yield rgb_of(task, ex["image"]), label_of(task, ex)
 
