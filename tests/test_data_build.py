@@ -139,6 +139,11 @@ def test_compare_names_every_kind_of_difference(tmp_path):
     assert compared == 3
     same = {"train": [(tmp_path / f"{i}.png", i % 2) for i in range(3)], "test": [(tmp_path / "0.png", 0)]}
     assert compare("toy", manifest, same)[1] == []
+    # the same labelled images in another order: one difference, not one per image
+    shuffled = {**same, "train": [same["train"][i] for i in (2, 0, 1)]}
+    diffs = compare("toy", manifest, shuffled)[1]
+    assert [(d.split, d.index, d.what) for d in diffs] == [("train", -1, "order")]
+    assert "the same 3 images with the same labels" in diffs[0].detail
 
 
 def test_a_manifest_file_is_read_back_and_a_foreign_file_is_refused(tmp_path):
@@ -318,10 +323,11 @@ def test_jpeg_writes_what_noahs_script_writes_and_differs_from_png_pixel_by_pixe
     monkeypatch.chdir(tmp_path)
     assert _check(out, str(built), "--tasks", "cifar") == 1         # against the PNG build's
     err = " ".join(capsys.readouterr().err.split())
+    assert "cifar/train800: pixels: all 800 images differ in pixels while every label agrees" in err
     assert "cifar/train800[0]: pixels:" in err and "more differences" in err
     with open(tmp_path / "manifest-differences.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 1040 + 1000 and {r["difference"] for r in rows} == {"pixels"}
+    assert len(rows) == 1040 + 1000 + 4 and {r["difference"] for r in rows} == {"pixels"}  # + a line per split
 
 
 @needs_tfds

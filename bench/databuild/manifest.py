@@ -157,9 +157,37 @@ def compare(task: str, manifest: list[Entry], tree: dict[str, list[tuple[Path, i
             diffs.append(Difference(task, entry.split, entry.index, "pixels",
                                     f"{path} decodes to other pixels than the manifest's "
                                     f"{entry.file} (sha256 {sha[:12]} vs {entry.sha256[:12]})"))
+    diffs = _summarise(task, expected, tree, hashes, diffs)
     order = {split: i for i, split in enumerate(expected)}
     diffs.sort(key=lambda d: (order.get(d.split, len(order)), d.index, d.what))
     return len(jobs), diffs
+
+
+def _summarise(task, expected, tree, hashes, diffs: list[Difference]) -> list[Difference]:
+    """Say what a split's per-image differences amount to, where they have a simple reading:
+    the same labelled images in another order (one difference instead of one per image), or
+    every image re-encoded with the labels intact (a lossy copy, e.g. JPEG, of the same split)."""
+    out = [d for d in diffs if d.split not in tree]
+    for split, rows in expected.items():
+        if split not in tree:
+            continue
+        mine = [d for d in diffs if d.split == split]
+        pixels = [d for d in mine if d.what == "pixels"]
+        if not pixels:
+            out.extend(mine)
+            continue
+        items = tree[split]
+        have = sorted((hashes.get(p, (None,))[0] or "", y) for p, y in items)
+        want = sorted((e.sha256, e.label) for e in rows.values())
+        if len(items) == len(rows) and have == want:
+            out.append(Difference(task, split, -1, "order", f"the same {len(rows)} images with the same "
+                                  f"labels, listed in another order ({len(pixels)} positions differ)"))
+            continue
+        out.extend(mine)
+        if len(pixels) == len(rows) and not [d for d in mine if d.what == "label"]:
+            out.append(Difference(task, split, -1, "pixels", f"all {len(rows)} images differ in pixels "
+                                  "while every label agrees: a re-encoded (e.g. JPEG) copy of the split?"))
+    return out
 
 
 def manifest_for(task_folder: Path, task_names: tuple[str, ...], given: str | None,
