@@ -364,8 +364,11 @@ def test_a_dataset_tfds_cannot_download_gets_the_steps_and_the_rest_is_built(tmp
     import shutil
     shutil.rmtree(meta / "diabetic_retinopathy_detection")   # not prepared: its files are needed
     out = tmp_path / "out"
-    assert _build(meta, out, "--tasks", "cifar,diabetic_retinopathy") == 1
-    err = " ".join(capsys.readouterr().err.split())
+    assert _build(meta, out, "--tasks", "diabetic_retinopathy,cifar") == 1
+    captured = capsys.readouterr()
+    said = " ".join(captured.out.split())
+    assert said.index("diabetic_retinopathy needs files placed by hand") < said.index("cifar")
+    err = " ".join(captured.err.split())
     assert (out / "cifar" / "manifest.csv").is_file() and not (out / "diabetic_retinopathy").exists()
     manual = meta / "downloads" / "manual"
     assert f"missing in {manual}: train/, test/, sample/, trainLabels.csv" in err

@@ -377,6 +377,14 @@ def build(out: Path, task_names: list[str], tfds_dir: Path | None, fmt: str, wor
     tfds = require_tfds()
     tfds_dir = (tfds_dir or default_tfds_dir()).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    manual_dir = tfds_dir / "downloads" / "manual"
+    for name in task_names:  # say at once what needs hands, not after hours of building the rest
+        task = task_row(name)
+        if task.dataset in MANUAL and not (out / name / "build.json").is_file():
+            missing = missing_manual_files(task, manual_dir)
+            if missing and not tfds.builder(task.tfds, data_dir=str(tfds_dir)).is_prepared():
+                log(f"[yellow]{name} needs files placed by hand ({', '.join(missing)} in {manual_dir}); "
+                    "the other tasks are built meanwhile, the steps follow at the end[/]")
     results = []
     for name in task_names:
         try:
