@@ -209,9 +209,9 @@ def manual_message(task: VtabTask, manual_dir: Path, missing: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- TFDS
-DATA_EXTRA = ("tensorflow", "tensorflow_datasets", "cv2", "h5py")
+DATA_EXTRA = ("tensorflow", "tensorflow_datasets", "cv2", "h5py", "importlib_resources")
 PIP_NAMES = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
-             "cv2": "opencv-python-headless", "h5py": "h5py"}
+             "cv2": "opencv-python-headless", "h5py": "h5py", "importlib_resources": "importlib_resources"}
 
 
 def require_tfds():
@@ -223,7 +223,8 @@ def require_tfds():
             f"{', '.join(PIP_NAMES[m] for m in missing)} {'is' if len(missing) == 1 else 'are'} not "
             "installed: pip install -e \".[data]\" (in a clone of peftbench) or "
             "pip install \"peftbench[data]\"; that extra is tensorflow-cpu, tensorflow-datasets, "
-            "opencv-python-headless (KITTI, SUN397, Retinopathy) and h5py (dSprites, PatchCamelyon)")
+            "opencv-python-headless (KITTI, SUN397, Retinopathy), h5py (dSprites, PatchCamelyon) and "
+            "importlib_resources (TFDS's downloader)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -253,23 +254,9 @@ class TaskResult:
 
 
 def url_files(builder) -> list[tuple[str, int, str]]:
-    """(url, bytes, file name) of what TFDS downloads for a dataset, from the checksum file TFDS
-    ships beside the dataset's code (`builder.url_infos` needs importlib_resources on some
-    installs, so the file is read directly)."""
-    import inspect
-
-    module = Path(inspect.getsourcefile(type(builder)))
-    candidates = [module.parent / "checksums.tsv"]
-    root = next((p for p in module.parents if p.name == "tensorflow_datasets"), None)
-    if root is not None:
-        candidates.append(root / "url_checksums" / f"{builder.name}.txt")
-    for path in candidates:
-        if path.is_file():
-            rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and not line.startswith("#")]
-            return [(r[0], int(r[1]), r[3] if len(r) > 3 else r[0].rsplit("/", 1)[-1]) for r in rows
-                    if len(r) >= 3]
-    return []
+    """(url, bytes, file name) of what TFDS downloads for a dataset (its checksum files)."""
+    infos = builder.url_infos or {}
+    return [(url, info.size, info.filename or url.rsplit("/", 1)[-1]) for url, info in sorted(infos.items())]
 
 
 def _download_help(builder, manual_dir: Path) -> str:
