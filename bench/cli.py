@@ -393,7 +393,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------- data check
+# -------------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
     from .export import export
     from .store import Store
@@ -413,6 +413,7 @@ def cmd_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- data check
 def cmd_data_check(args) -> int:
     from rich.table import Table
 

@@ -421,9 +421,8 @@ def check_task(suite: Suite, task: Task, root: Path, splits: list[str], decode: 
 def class_coverage_problems(task: Task, rows: list[dict]) -> list[str]:
     """A task whose splits together show fewer classes than it declares is mislabelled or
     truncated (a few images of a split cannot show every class, so splits are not judged alone)."""
-    seen = set().union(*(r.get("labels", set()) for r in rows)) if rows else set()
-    seen = {y for y in seen if 0 <= y < task.num_classes}
-    if not rows or not any(r["listed"] for r in rows) or len(seen) >= task.num_classes:
+    seen = {y for r in rows for y in r.get("labels", ()) if 0 <= y < task.num_classes}
+    if not any(r["listed"] for r in rows) or len(seen) >= task.num_classes:
         return []
     absent = sorted(set(range(task.num_classes)) - seen)
     shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")

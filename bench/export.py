@@ -66,7 +66,7 @@ def export(store: Store, suite: Suite, method: str, task: str, seed: int | None,
            merge: bool) -> list[Path]:
     import shutil
 
-    from safetensors.torch import save_file
+    from .runs import save_weights
 
     record = find_run(store, suite, method, task, seed, stage)
     spec, model, _, _, weights = rebuild(record, suite)
@@ -84,8 +84,7 @@ def export(store: Store, suite: Suite, method: str, task: str, seed: int | None,
                             "backbone's own weights); export without --merge")
         classes = suite.task(spec.task).num_classes
         state = {**merged.backbone.state_dict(), **{f"head.{k}": v for k, v in merged.head.state_dict().items()}}
-        path = Path(f"{stem}_merged.safetensors")
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(path))
+        path = save_weights(Path(f"{stem}_merged.safetensors"), state)
         written.append(path)
         about["merged"] = {
             "file": path.name, "timm_name": spec.backbone, "num_classes": classes, "img_size": spec.image_size,

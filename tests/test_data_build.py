@@ -210,8 +210,9 @@ def test_an_existing_folder_not_written_by_the_builder_is_never_overwritten(tmp_
     (tmp_path / "cifar").mkdir()
     (tmp_path / "cifar" / "train800.txt").write_text("mine\n")
     from bench.errors import UserError
+    from bench.databuild.staging import refuse_foreign
     with pytest.raises(UserError, match="not written by `bench data build`"):
-        TaskWriter(tmp_path, "cifar", "png").check_destination()
+        refuse_foreign(tmp_path / "cifar")
 
 
 # ---------------------------------------------------------------------------------- without TFDS

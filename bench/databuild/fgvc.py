@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from .manifest import MANIFEST, Entry, file_sha256, write_manifest
-from .staging import STAGING, atomic_text
-from .vtab1k import TaskResult
+from ..errors import DataError, UserError
+from ..formats.fgvc_json import class_map
+from .manifest import MANIFEST, Entry, hash_files, write_manifest
+from .staging import BUILD_INFO, STAGING, TaskResult, atomic_text, built_info, folder_bytes, publish, refuse_foreign
 
 SPLIT_FILES = ("train", "val", "test")
 
@@ -133,24 +133,18 @@ def _box(a: dict) -> tuple[int, ...]:
     return tuple(int(a[k]) for k in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")) + (int(a["class"]),)
 
 
-def _find_file(raw: Path, name: str) -> Path | None:
-    for d in _dirs(raw, 4):
-        if (d / name).is_file():
-            return d / name
-    return None
-
-
 def cars_from_devkit_release(raw: Path, keys: list[str]) -> tuple[dict[str, Path], str]:
     """car_ims names -> image files of a cars_train/cars_test copy, matched through cars_annos.mat
     by (split, bounding box, class); and a sentence saying which copy was found."""
+    dirs = list(_dirs(raw, 4))  # walked once for the two image folders and three annotation files
     folders = {}
     for split in ("cars_train", "cars_test"):
-        found = next((d for d in _dirs(raw, 4) if d.name == split and (d / "00001.jpg").is_file()), None)
+        found = next((d for d in dirs if d.name == split and (d / "00001.jpg").is_file()), None)
         if found is None:
             return {}, ""
         folders[split] = found
-    files = {n: _find_file(raw, n) for n in ("cars_annos.mat", "cars_train_annos.mat",
-                                             "cars_test_annos_withlabels.mat")}
+    files = {n: next((d / n for d in dirs if (d / n).is_file()), None)
+             for n in ("cars_annos.mat", "cars_train_annos.mat", "cars_test_annos_withlabels.mat")}
     missing = [n for n, p in files.items() if p is None]
     if missing:
         raise UserError(
@@ -211,33 +205,26 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 def _manifest(d: FgvcDataset, staging: Path, splits: dict[str, dict[str, int]], progress=None) -> list[Entry]:
     """The manifest rows of a built dataset, labelled as the fgvc-json format reads them (class
     ids mapped to 0..C-1 over all splits) and indexed in the split files' order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..formats.fgvc_json import class_map
-
     mapping = class_map(staging)
     prefix = f"{d.image_dir}/" if d.image_dir else ""
     rows = [(s, i, prefix + k, mapping[int(cid)]) for s in SPLIT_FILES
             for i, (k, cid) in enumerate(splits[s].items())]
     files = list(dict.fromkeys(r[2] for r in rows))
-    hashes = {}
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        for n, (f, sha) in enumerate(zip(files, pool.map(lambda f: file_sha256(staging / f), files)), 1):
-            hashes[f] = sha
-            if progress is not None and (n % 500 == 0 or n == len(files)):
-                progress(d.task, "manifest", n, len(files))
-    return [Entry(s, i, f, y, hashes[f]) for s, i, f, y in rows]
+    hashes = hash_files([staging / f for f in files], os.cpu_count() or 1,
+                        None if progress is None else lambda n, total: progress(d.task, "manifest", n, total))
+    for sha, error in hashes.values():
+        if error is not None:
+            raise DataError(f"{d.task}: {error}")
+    return [Entry(s, i, f, y, hashes[staging / f][0]) for s, i, f, y in rows]
 
 
 def build_dataset(d: FgvcDataset, raw: Path, splits_root: Path, out: Path, copy: bool,
                   names: tuple[str, ...], progress=None, log=print) -> TaskResult:
     t0 = time.perf_counter()
     final, staging = out / d.folder, out / STAGING / d.folder
-    if (final / "build.json").is_file():
+    refuse_foreign(final)
+    if built_info(final) is not None:
         return TaskResult(d.task, "present", f"already built in {final}")
-    if final.exists():
-        return TaskResult(d.task, "failed", f"{final} exists but was not written by `bench data build`; "
-                          "move it away or pass another --out")
     split_dir = find_splits(splits_root, (d.folder, *names))
     if split_dir is None:
         return TaskResult(d.task, "failed", f"{d.task}: no folder named {' or '.join(dict.fromkeys((d.folder, *names)))} "
@@ -272,15 +259,9 @@ def build_dataset(d: FgvcDataset, raw: Path, splits_root: Path, out: Path, copy:
     write_manifest(staging / MANIFEST, _manifest(d, staging, splits, progress))
     info = {"task": d.task, "source": "official archives + VPT splits", "splits_from": str(split_dir),
             "images_from": found, "linked": not copy, "splits": {s: len(splits[s]) for s in SPLIT_FILES}}
-    atomic_text(staging / "build.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(staging, final)
-    try:
-        staging.parent.rmdir()
-    except OSError:
-        pass
-    result = TaskResult(d.task, "built", f"{final}", len(keys),
-                        sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
-                        time.perf_counter() - t0)
+    atomic_text(staging / BUILD_INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    publish(staging, final)
+    result = TaskResult(d.task, "built", f"{final}", len(keys), folder_bytes(final), time.perf_counter() - t0)
     result.notes.append(f"images from {found}")
     return result
 

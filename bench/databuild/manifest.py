@@ -104,6 +104,24 @@ class Difference:
         return f"{where}: {self.what}: {self.detail}"
 
 
+def hash_files(paths: list[Path], workers: int, progress=None) -> dict[Path, tuple[str | None, str | None]]:
+    """Each file's manifest hash, decoded in `workers` threads: path -> (sha256, None), or
+    (None, the DataError's message) for a missing or unreadable file. `progress(done, total)`."""
+    def hashed(path: Path) -> tuple[str | None, str | None]:
+        try:
+            return file_sha256(path), None
+        except DataError as exc:
+            return None, str(exc)
+
+    hashes: dict[Path, tuple[str | None, str | None]] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for path, result in zip(paths, pool.map(hashed, paths)):
+            hashes[path] = result
+            if progress is not None and (len(hashes) % 200 == 0 or len(hashes) == len(paths)):
+                progress(len(hashes), len(paths))
+    return hashes
+
+
 def compare(task: str, manifest: list[Entry], tree: dict[str, list[tuple[Path, int]]],
             workers: int = 4, progress=None) -> tuple[int, list[Difference]]:
     """Every difference between a manifest and a task's tree (its splits' (path, label) lists):
@@ -135,19 +153,8 @@ def compare(task: str, manifest: list[Entry], tree: dict[str, list[tuple[Path, i
                 diffs.append(Difference(task, split, index, "extra",
                                         f"{items[index][0]} is not in the manifest"))
 
-    def hashed(path: Path) -> tuple[str | None, str | None]:
-        try:
-            return file_sha256(path), None
-        except DataError as exc:
-            return None, str(exc)
-
     paths = list(dict.fromkeys(path for _, path in jobs))  # train800val200 shares train800's files
-    hashes: dict[Path, tuple[str | None, str | None]] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for path, result in zip(paths, pool.map(hashed, paths)):
-            hashes[path] = result
-            if progress is not None and (len(hashes) % 200 == 0 or len(hashes) == len(paths)):
-                progress(task, len(hashes), len(paths))
+    hashes = hash_files(paths, workers, None if progress is None else lambda d, n: progress(task, d, n))
     for entry, path in jobs:
         sha, error = hashes[path]
         if error is not None:

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -57,6 +58,48 @@ def atomic_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
+@dataclass
+class TaskResult:
+    """What building one task (or FGVC dataset) came to, for the command's summary table."""
+    task: str
+    status: str              # built | present | manual | failed
+    detail: str = ""
+    images: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def built_info(final: Path) -> dict | None:
+    """A finished folder's build.json, or None when `bench data build` did not finish it."""
+    info = final / BUILD_INFO
+    if not (info.is_file() and (final / MANIFEST).is_file()):
+        return None
+    return json.loads(info.read_text(encoding="utf-8"))
+
+
+def refuse_foreign(final: Path) -> None:
+    if final.exists() and built_info(final) is None:
+        raise UserError(f"{final} exists but was not written by `bench data build` (it has no "
+                        f"{BUILD_INFO} and {MANIFEST}); move it away or pass another --out")
+
+
+def publish(staging: Path, final: Path) -> Path:
+    """Move a whole staged folder into place (one rename) and drop `.building` once empty."""
+    if final.exists():
+        raise UserError(f"{final} appeared while this build ran; its build is in {staging}")
+    os.replace(staging, final)
+    try:
+        staging.parent.rmdir()  # .building, once no other task is in it
+    except OSError:
+        pass
+    return final
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _batches(it: Iterable, n: int) -> Iterator[list]:
     it = iter(it)
     while batch := list(islice(it, n)):
@@ -76,18 +119,6 @@ class TaskWriter:
         self.entries: dict[str, list[Entry]] = {}
 
     # ------------------------------------------------------------------------------ state
-    def built(self) -> dict | None:
-        """The finished folder's build.json, or None when the task is not built."""
-        info = self.final / BUILD_INFO
-        if not (info.is_file() and (self.final / MANIFEST).is_file()):
-            return None
-        return json.loads(info.read_text(encoding="utf-8"))
-
-    def check_destination(self) -> None:
-        if self.final.exists() and self.built() is None:
-            raise UserError(f"{self.final} exists but was not written by `bench data build` (it has "
-                            f"no {BUILD_INFO} and {MANIFEST}); move it away or pass another --out")
-
     def start(self, provenance: dict) -> bool:
         """Prepare the staging folder; True when it resumes an earlier, interrupted build."""
         marker = self.staging / ".provenance.json"
@@ -160,11 +191,4 @@ class TaskWriter:
         for leftover in self.staging.glob(".*"):
             if leftover.is_file():
                 leftover.unlink()
-        if self.final.exists():
-            raise UserError(f"{self.final} appeared while this build ran; its build is in {self.staging}")
-        os.replace(self.staging, self.final)
-        try:
-            self.staging.parent.rmdir()  # .building, once no other task is in it
-        except OSError:
-            pass
-        return self.final
+        return publish(self.staging, self.final)

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, field
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..errors import UserError
+from .manifest import pixel_sha256
+from .staging import TaskResult, TaskWriter, built_info, folder_bytes, refuse_foreign
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 
@@ -231,6 +236,10 @@ def require_tfds():
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    # absl hooks the root logger with a handler bound to the sys.stderr of this moment, which
+    # may be a stand-in (rich's progress display redirects it) that is closed later; the
+    # process's own stderr stays valid for every later log line of any library
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
     try:
         tf.config.set_visible_devices([], "GPU")  # decoding images needs no GPU memory
     except RuntimeError:
@@ -240,17 +249,6 @@ def require_tfds():
 
 def default_tfds_dir() -> Path:
     return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
-
-
-@dataclass
-class TaskResult:
-    task: str
-    status: str              # built | present | manual | failed
-    detail: str = ""
-    images: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 def url_files(builder) -> list[tuple[str, int, str]]:
@@ -282,7 +280,7 @@ def _examples(tfds, builder, task: VtabTask, split: str):
         yield rgb_of(task, ex["image"]), label_of(task, ex)
 
 
-def _size(tfds, builder, split: str) -> int | None:
+def _size(builder, split: str) -> int | None:
     try:
         return builder.info.splits[split].num_examples
     except Exception:  # noqa: BLE001 - only for the progress bar's total
@@ -291,13 +289,10 @@ def _size(tfds, builder, split: str) -> int | None:
 
 def build_task(tfds, task: VtabTask, out: Path, tfds_dir: Path, fmt: str, workers: int,
                progress=None, log=print) -> TaskResult:
-    from .staging import TaskWriter
-    import time
-
     t0 = time.perf_counter()
     writer = TaskWriter(out, task.name, fmt, workers)
-    writer.check_destination()
-    built = writer.built()
+    refuse_foreign(writer.final)
+    built = built_info(writer.final)
     if built is not None:
         if built.get("format") != fmt:
             return TaskResult(task.name, "failed", f"{writer.final} was built as {built.get('format')}; "
@@ -325,29 +320,25 @@ def build_task(tfds, task: VtabTask, out: Path, tfds_dir: Path, fmt: str, worker
             + (f"/{builder.builder_config.name}" if builder.builder_config else "")
             + f":{builder.version}", "tfds_splits": splits, "tfds_split_sizes": counts,
             "tensorflow_datasets": tfds.__version__, "label": task.rule or task.label,
-            "note": task.note}
-    from .. import __version__
-    info["peftbench"] = __version__
+            "note": task.note, "peftbench": __version__}
     resumed = writer.start({k: info[k] for k in ("tfds", "tfds_splits", "label")} | {"format": fmt})
     if resumed:
         log(f"{task.name}: resuming an interrupted build in {writer.staging}")
     for split in ("train800", "val200", "test"):
         if not writer.split_done(split):
             writer.write_split(split, _examples(tfds, builder, task, splits[split]),
-                               _size(tfds, builder, splits[split]) or 0, progress)
+                               _size(builder, splits[split]) or 0, progress)
     if not writer.split_done("train800val200"):
         combined = writer.combine("train800val200", ["train800", "val200"])
         # VTAB reads train800val200 as one TFDS split: check it is the two others, in order
-        from .manifest import pixel_sha256
         for i, (rgb, label) in enumerate(_examples(tfds, builder, task, splits["train800val200"])):
             e = combined[i] if i < len(combined) else None
             if e is None or e.label != label or (fmt == "png" and e.sha256 != pixel_sha256(rgb)):
                 raise UserError(f"{task.name}: TFDS's {splits['train800val200']} is not train800 "
                                 f"followed by val200 at image {i}; report this with your TFDS version")
     final = writer.finish(list(SPLITS), info)
-    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
     images = sum(len(writer.entries[s]) for s in ("train800", "val200", "test"))
-    result = TaskResult(task.name, "built", f"{info['tfds']} -> {final}", images, size,
+    result = TaskResult(task.name, "built", f"{info['tfds']} -> {final}", images, folder_bytes(final),
                         time.perf_counter() - t0)
     if task.note:
         result.notes.append(task.note)
